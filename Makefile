@@ -1,0 +1,37 @@
+# Two entry points: `make serve` and `make test`. Both create the virtual environment first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+TORCH_CPU_VERSION ?= 2.13.0
+
+.PHONY: setup serve test lint bench clean
+
+setup: $(VENV)/.installed
+
+# Without a GPU, pin the CPU build of torch first so the project's range is already met and pip
+# does not pull the multi-GB CUDA build. With a GPU, the range in pyproject.toml picks a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; \
+	fi
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+serve: setup
+	$(BIN)/mas-stream serve
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/mas-stream bench --suite split-digits --methods finetune,mas,ewc,si,joint --seeds 0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

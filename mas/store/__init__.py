@@ -1,0 +1,1 @@
+"""Shared plumbing: Redis, artifact files, streams and stores. Imports the core, never the apps."""

@@ -1,0 +1,69 @@
+"""Every Redis key the project uses, in one place, under one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "mas"
+
+    @property
+    def samples(self) -> str:
+        return f"{self.prefix}:samples"
+
+    @property
+    def samples_dead(self) -> str:
+        return f"{self.prefix}:samples:dead"
+
+    @property
+    def importance_group(self) -> str:
+        return "importance"
+
+    @property
+    def current_version(self) -> str:
+        return f"{self.prefix}:models:current"
+
+    @property
+    def next_version(self) -> str:
+        return f"{self.prefix}:models:next"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: model activations."""
+        return f"{self.prefix}:events"
+
+    def omega_partials(self, version: int) -> str:
+        """Hash: worker id -> encoded (sum, count) partial for one model version."""
+        return f"{self.prefix}:omega:{version}:partials"
+
+    def omega_task_counts(self, version: int) -> str:
+        """Hash: task -> samples applied to Ω for one model version."""
+        return f"{self.prefix}:omega:{version}:tasks"
+
+    @property
+    def omega_versions(self) -> str:
+        """Set of versions that have Ω partials."""
+        return f"{self.prefix}:omega:versions"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def jobs_group(self) -> str:
+        return "trainers"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def job_index(self) -> str:
+        """Sorted set of job ids by submission time."""
+        return f"{self.prefix}:jobs:index"
+
+    @property
+    def tasks(self) -> str:
+        """Hash: task name -> JSON metadata of its stored dataset."""
+        return f"{self.prefix}:tasks"

@@ -1,0 +1,76 @@
+"""One typed settings object for every process; read from MAS_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAS_", extra="ignore")
+
+    # Where state lives.
+    data_dir: Path = Field(Path("mas-data"), description="Artifacts, datasets, embedded Redis.")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "MAS_REDIS_URL"),
+        description="External Redis (redis://, rediss://, unix://). Unset: embedded Redis.",
+    )
+    key_prefix: str = Field("mas", description="Prefix of every Redis key this service owns.")
+
+    # HTTP API.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str | None = Field(None, description="Bearer token for mutating endpoints.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
+    max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
+    max_wait_ms: float = Field(2.0, description="Longest a request waits for batch-mates.")
+    model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
+
+    # Forwarding samples to the importance worker.
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of inputs forwarded.")
+    sample_buffer: int = Field(10_000, description="Rows held in memory while Redis is slow.")
+    stream_maxlen: int = Field(1_000_000, description="Approximate cap on the sample stream.")
+
+    # Compute.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present.")
+
+    # Importance worker.
+    importance_method: Literal["exact", "batch", "local"] = "exact"
+    importance_batch: int = Field(256, description="Samples per importance pass.")
+    checkpoint_every: int = Field(1, description="Stream reads between Ω checkpoints.")
+    claim_min_idle_ms: int = Field(30_000, description="Idle time before entries are reclaimed.")
+    dead_letter_after: int = Field(5, description="Deliveries before an entry is dead-lettered.")
+    importance_metrics_port: int = 9101
+
+    # Trainer.
+    trainer_metrics_port: int = 9102
+    job_lease_ms: int = Field(30_000, description="A running job not heartbeated this long is stale.")
+    min_traffic_samples: int = Field(500, description="Fewer served samples: Ω from stored data.")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="Ω_cons ← γ·Ω_cons + Ω_new.")
+    mas_lambda: float = Field(
+        1.0, ge=0.0, validation_alias=AliasChoices("MAS_LAMBDA"), description="Penalty strength."
+    )
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    retention_max_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="Largest accuracy drop on an earlier task to auto-activate."
+    )
+    hidden: list[int] = Field([256, 256], description="Hidden sizes of the default MLP trunk.")
+    head_mode: Literal["per_task", "shared"] = "per_task"
+    shared_classes: int = Field(10, description="Classes of the shared head (head_mode=shared).")
+    seed: int = 0
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
