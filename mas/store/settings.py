@@ -48,7 +48,7 @@ class Settings(BaseSettings):
 
     # Trainer.
     trainer_metrics_port: int = 9102
-    job_lease_ms: int = Field(30_000, description="A running job not heartbeated this long is stale.")
+    job_lease_ms: int = Field(30_000, description="A job not heartbeated this long is stale.")
     min_traffic_samples: int = Field(500, description="Fewer served samples: Ω from stored data.")
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="Ω_cons ← γ·Ω_cons + Ω_new.")
     mas_lambda: float = Field(
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     momentum: float = Field(0.9, ge=0.0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     retention_max_drop: float = Field(
-        0.05, ge=0.0, le=1.0, description="Largest accuracy drop on an earlier task to auto-activate."
+        0.05, ge=0.0, le=1.0, description="Largest drop on an earlier task to auto-activate."
     )
     hidden: list[int] = Field([256, 256], description="Hidden sizes of the default MLP trunk.")
     head_mode: Literal["per_task", "shared"] = "per_task"

@@ -1,0 +1,108 @@
+"""Task datasets and the validation every entry point shares, so errors read the same everywhere."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class DataValidationError(ValueError):
+    """A problem with user data, naming the field it is in."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass
+class TaskSplit:
+    """One task of a suite: its training data and the split it is judged on."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+
+def validate_task_name(name: object) -> str:
+    """Task names become module keys and URL segments: letters, digits, '-' and '_' only."""
+    if not isinstance(name, str) or not TASK_NAME.match(name):
+        raise DataValidationError(
+            "name", "must be 1-64 characters of letters, digits, '-' or '_', starting alphanumeric"
+        )
+    return name
+
+
+def validate_inputs(
+    x: object, *, input_shape: Sequence[int] | None = None, field: str = "inputs"
+) -> torch.Tensor:
+    """Numeric, finite, non-empty rows; reshaped to input_shape when one is given."""
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError) as error:
+        raise DataValidationError(field, f"not a rectangular numeric array ({error})") from None
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+    ):
+        raise DataValidationError(field, f"must be numeric, got dtype {array.dtype}")
+    if array.ndim < 2:
+        raise DataValidationError(field, f"must be a list of rows, got shape {list(array.shape)}")
+    if array.shape[0] == 0:
+        raise DataValidationError(field, "is empty")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise DataValidationError(field, "contains NaN or infinite values")
+    if input_shape is not None:
+        expected = tuple(int(d) for d in input_shape)
+        if array.shape[1:] != expected:
+            if int(np.prod(array.shape[1:])) != int(np.prod(expected)):
+                raise DataValidationError(
+                    field,
+                    f"each row must have shape {list(expected)} "
+                    f"({int(np.prod(expected))} values), got {list(array.shape[1:])}",
+                )
+            array = array.reshape((array.shape[0], *expected))
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def validate_task_arrays(
+    x: object,
+    y: object,
+    *,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a labelled dataset; labels must be integers in [0, num_classes)."""
+    inputs = validate_inputs(x, input_shape=input_shape, field="x")
+    labels = np.asarray(y)
+    if labels.ndim != 1:
+        raise DataValidationError("y", f"must be one label per row, got shape {list(labels.shape)}")
+    if labels.shape[0] == 0:
+        raise DataValidationError("y", "is empty")
+    if labels.shape[0] != inputs.shape[0]:
+        raise DataValidationError(
+            "y", f"has {labels.shape[0]} labels for {inputs.shape[0]} rows of x"
+        )
+    if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
+        raise DataValidationError("y", f"must be integer class labels, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.floating) and not (
+        np.isfinite(labels).all() and np.all(labels == np.round(labels))
+    ):
+        raise DataValidationError("y", "must be integer class labels")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise DataValidationError("y", f"labels must be >= 0, found {int(labels.min())}")
+    if num_classes is not None and labels.max() >= num_classes:
+        raise DataValidationError(
+            "y", f"labels must be < {num_classes} (the declared classes), found {int(labels.max())}"
+        )
+    return inputs, torch.from_numpy(labels)

@@ -1,0 +1,310 @@
+"""Parameter importance from per-sample gradients (MAS Ω, and EWC's Fisher through the same engine).
+
+The engine sums reduce(∂ℓ_k/∂θ) over samples k, where reduce is |·| (MAS) or (·)² (EWC). For an
+nn.Linear whose input is one vector per sample, the per-sample gradient of W is the outer product
+δ_k a_kᵀ and reduce is multiplicative, so Σ_k reduce(δ_k a_kᵀ) = reduce(Δ)ᵀ reduce(A): the exact
+per-sample statistic for the cost of one batched backward. Linear layers reused within a sample get
+their per-sample gradients by einsum; every other parameter (convolutions, norms, custom modules)
+falls back to torch.func's vmap(grad).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+Method = Literal["exact", "batch", "local"]
+METHODS: tuple[str, ...] = ("exact", "batch", "local")
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+ELEMENTWISE_ACTIVATIONS = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+)
+
+
+def squared_output_norm(outputs: torch.Tensor, _targets: torch.Tensor | None) -> torch.Tensor:
+    """MAS's ℓ_k = ‖F(x_k)‖₂² on the raw outputs: no softmax, no labels."""
+    return outputs.flatten(1).pow(2).sum(dim=1)
+
+
+def negative_log_likelihood(outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """EWC's ℓ_k = −log p(y_k | x_k) with the true labels (empirical Fisher)."""
+    if targets is None:
+        raise ValueError("targets are required for the log-likelihood")
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def _forward(model: nn.Module, x: torch.Tensor, task: str | None) -> torch.Tensor:
+    return model(x) if task is None else model(x, task)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _importance_pass(model: nn.Module) -> Iterator[None]:
+    """Eval mode and gradients on for the pass; the train flag and requires_grad are restored."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """Linear modules whose parameters belong to them alone (tied weights take the general path)."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            owners[id(parameter)] = owners.get(id(parameter), 0) + 1
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and all(owners[id(p)] == 1 for p in module.parameters(recurse=False))
+    }
+
+
+def _parameter_name(module_name: str, attribute: str) -> str:
+    return f"{module_name}.{attribute}" if module_name else attribute
+
+
+@dataclass
+class _Calls:
+    """What forward hooks saw of each Linear module during one forward pass."""
+
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@contextmanager
+def _record(modules: dict[str, nn.Module]) -> Iterator[_Calls]:
+    calls = _Calls()
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def save(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            calls.inputs.setdefault(name, []).append(args[0].detach())
+            calls.outputs.setdefault(name, []).append(output)
+
+        return save
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _linear_sums(
+    inputs: list[torch.Tensor], deltas: list[torch.Tensor], reduce: Reduce
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_k reduce(per-sample gradient) of one Linear's weight and bias."""
+    if len(inputs) == 1 and inputs[0].dim() == 2:
+        return reduce(deltas[0]).T @ reduce(inputs[0]), reduce(deltas[0]).sum(dim=0)
+    weight = sum(
+        torch.einsum("bpo,bpi->boi", d.flatten(1, -2), a.flatten(1, -2))
+        if a.dim() > 2
+        else torch.einsum("bo,bi->boi", d, a)
+        for a, d in zip(inputs, deltas, strict=True)
+    )
+    bias = sum(d.flatten(1, -2).sum(dim=1) if d.dim() > 2 else d for d in deltas)
+    return reduce(weight).sum(dim=0), reduce(bias).sum(dim=0)
+
+
+def _vmap_sums(
+    model: nn.Module,
+    names: list[str],
+    x: torch.Tensor,
+    targets: torch.Tensor | None,
+    task: str | None,
+    loss: PerSampleLoss,
+    reduce: Reduce,
+) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of the named parameters with torch.func, reduced and summed."""
+    parameters = dict(model.named_parameters())
+    selected = {name: parameters[name].detach() for name in names}
+
+    def sample_loss(
+        params: dict[str, torch.Tensor], xk: torch.Tensor, yk: torch.Tensor | None
+    ) -> torch.Tensor:
+        args = (xk.unsqueeze(0),) if task is None else (xk.unsqueeze(0), task)
+        outputs = functional_call(model, params, args, strict=False)
+        return loss(outputs, None if yk is None else yk.unsqueeze(0)).sum()
+
+    in_dims = (None, 0, None if targets is None else 0)
+    per_sample = vmap(grad(sample_loss), in_dims=in_dims)(selected, x, targets)
+    return {name: reduce(g).sum(dim=0) for name, g in per_sample.items()}
+
+
+def per_sample_gradient_sums(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    task: str | None = None,
+    targets: torch.Tensor | None = None,
+    loss: PerSampleLoss = squared_output_norm,
+    reduce: Reduce = torch.abs,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Σ_k reduce(∂ℓ_k/∂θ) for every parameter, exact per sample, memory bounded by batch_size."""
+    device = _model_device(model)
+    parameters = dict(model.named_parameters())
+    sums = {
+        name: torch.zeros_like(p, memory_format=torch.contiguous_format)
+        for name, p in parameters.items()
+    }
+    linears = _linear_modules(model)
+    covered = {
+        _parameter_name(module_name, attribute)
+        for module_name, module in linears.items()
+        for attribute, _ in module.named_parameters(recurse=False)
+    }
+    general = [name for name in parameters if name not in covered]
+    with _importance_pass(model):
+        for start in range(0, inputs.shape[0], batch_size):
+            x = inputs[start : start + batch_size].to(device)
+            y = None if targets is None else targets[start : start + batch_size].to(device)
+            with _record(linears) as calls:
+                total = loss(_forward(model, x, task), y).sum()
+            used = list(calls.outputs)
+            flat_outputs = [out for name in used for out in calls.outputs[name]]
+            flat_deltas = iter(torch.autograd.grad(total, flat_outputs, allow_unused=True))
+            for name in used:
+                deltas = [next(flat_deltas) for _ in calls.outputs[name]]
+                if any(d is None for d in deltas):
+                    continue
+                weight, bias = _linear_sums(calls.inputs[name], deltas, reduce)
+                sums[_parameter_name(name, "weight")] += weight
+                if linears[name].bias is not None:
+                    sums[_parameter_name(name, "bias")] += bias
+            if general:
+                for name, value in _vmap_sums(model, general, x, y, task, loss, reduce).items():
+                    sums[name] += value
+    return sums
+
+
+def _batch_sums(
+    model: nn.Module, inputs: torch.Tensor, task: str | None, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """|Σ_{k∈B} ∂‖F(x_k)‖²/∂θ| summed over batches: the public code's formula, for parity."""
+    device = _model_device(model)
+    names, parameters = zip(*model.named_parameters(), strict=True)
+    sums = [torch.zeros_like(p) for p in parameters]
+    with _importance_pass(model):
+        for start in range(0, inputs.shape[0], batch_size):
+            x = inputs[start : start + batch_size].to(device)
+            total = squared_output_norm(_forward(model, x, task), None).sum()
+            grads = torch.autograd.grad(total, parameters, allow_unused=True)
+            for accumulated, g in zip(sums, grads, strict=True):
+                if g is not None:
+                    accumulated += g.abs()
+    return dict(zip(names, sums, strict=True))
+
+
+def _activation_after(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, nn.Module]:
+    """The elementwise nonlinearity applied right after each Linear inside a Sequential, if any."""
+    following: dict[str, nn.Module] = {}
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (child_name, _), (_, after) in itertools.pairwise(children):
+            full_name = _parameter_name(parent_name, child_name)
+            if full_name in linears and isinstance(after, ELEMENTWISE_ACTIVATIONS):
+                following[full_name] = after
+    return following
+
+
+def _local_sums(
+    model: nn.Module, inputs: torch.Tensor, task: str | None, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """l-MAS: Σ_k |y_i^k · y_j^k| per synapse, y_j after the nonlinearity; biases Σ_k |y_j^k|."""
+    linears = _linear_modules(model)
+    parameters = dict(model.named_parameters())
+    covered = {
+        _parameter_name(name, attribute)
+        for name, module in linears.items()
+        for attribute, _ in module.named_parameters(recurse=False)
+    }
+    unsupported = [name for name in parameters if name not in covered]
+    if unsupported:
+        raise ValueError(
+            f"local importance is defined for nn.Linear layers only; not for {unsupported[:3]}"
+        )
+    activations = _activation_after(model, linears)
+    observed = {name: activations.get(name, module) for name, module in linears.items()}
+    device = _model_device(model)
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    with _importance_pass(model), torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            x = inputs[start : start + batch_size].to(device)
+            with _record(linears) as linear_calls, _record(observed) as after_calls:
+                _forward(model, x, task)
+            for name in linear_calls.inputs:
+                if len(linear_calls.inputs[name]) != 1 or linear_calls.inputs[name][0].dim() != 2:
+                    raise ValueError(f"local importance needs one 2-D call of {name} per sample")
+                pre = linear_calls.inputs[name][0].abs()
+                post = after_calls.outputs[name][0].detach().abs()
+                sums[_parameter_name(name, "weight")] += post.T @ pre
+                if linears[name].bias is not None:
+                    sums[_parameter_name(name, "bias")] += post.sum(dim=0)
+    return sums
+
+
+def importance_sums(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    task: str | None = None,
+    method: Method = "exact",
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """Σ_k of the per-sample importance (not yet divided by N), so partial sums merge exactly."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs is empty")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if method == "batch":
+        return _batch_sums(model, inputs, task, batch_size)
+    if method == "local":
+        return _local_sums(model, inputs, task, batch_size)
+    return per_sample_gradient_sums(model, inputs, task=task, batch_size=batch_size)
+
+
+def compute_importance(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    task: str | None = None,
+    method: Method = "exact",
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """MAS Ω_ij = (1/N) Σ_k |∂‖F(x_k)‖²/∂θ_ij|, keyed like model.named_parameters()."""
+    sums = importance_sums(model, inputs, task=task, method=method, batch_size=batch_size)
+    return {name: value / inputs.shape[0] for name, value in sums.items()}

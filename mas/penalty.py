@@ -1,0 +1,70 @@
+"""One quadratic anchor, λ Σ Ω (θ − θ*)², shared by MAS, EWC and SI; they differ only in Ω."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class QuadraticAnchor:
+    """No ½ factor (MAS.md). Parameters absent from `importance` (a new task's head) are free.
+
+    The hot path is three foreach kernels and one reduction: d = θ − θ*, w = √Ω ⊙ d, Σ‖w‖².
+    """
+
+    def __init__(
+        self, importance: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], lam: float
+    ) -> None:
+        if lam < 0:
+            raise ValueError("lambda must be non-negative")
+        missing = importance.keys() - anchor.keys()
+        if missing:
+            raise ValueError(f"anchor lacks parameters {sorted(missing)[:3]}")
+        self.lam = float(lam)
+        self.names = list(importance)
+        self._anchor = [anchor[name].detach().clone() for name in self.names]
+        self._sqrt_weight = [
+            (importance[name].detach() * self.lam).clamp_min(0).sqrt() for name in self.names
+        ]
+
+    @classmethod
+    def at(
+        cls, model: nn.Module, importance: dict[str, torch.Tensor], lam: float
+    ) -> QuadraticAnchor:
+        """θ* = the model's parameters now, i.e. when the new task starts."""
+        parameters = dict(model.named_parameters())
+        return cls(importance, {name: parameters[name] for name in importance}, lam)
+
+    @property
+    def importance(self) -> dict[str, torch.Tensor]:
+        scale = 1.0 / self.lam if self.lam else 0.0
+        return {
+            name: w.square() * scale for name, w in zip(self.names, self._sqrt_weight, strict=True)
+        }
+
+    def to(self, device: torch.device | str) -> QuadraticAnchor:
+        self._anchor = [t.to(device) for t in self._anchor]
+        self._sqrt_weight = [t.to(device) for t in self._sqrt_weight]
+        return self
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        parameters = dict(model.named_parameters())
+        current = [parameters[name] for name in self.names]
+        if not current:
+            return torch.zeros(())
+        weighted = torch._foreach_mul(torch._foreach_sub(current, self._anchor), self._sqrt_weight)
+        return torch.stack(torch._foreach_norm(weighted)).square().sum()
+
+
+def consolidate(
+    previous: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor], gamma: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Ω_cons ← γ·Ω_cons + Ω_new at a task boundary; γ = 1 is the paper's plain sum."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError("gamma must be in [0, 1]")
+    if previous is None:
+        return {name: value.detach().clone() for name, value in new.items()}
+    merged = {name: value.detach().clone() for name, value in new.items()}
+    for name, value in previous.items():
+        merged[name] = merged[name] + gamma * value if name in merged else gamma * value
+    return merged

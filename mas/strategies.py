@@ -1,0 +1,193 @@
+"""Continual-learning strategies: MAS and its peers differ only in how Ω is estimated.
+
+Every regularised strategy runs the same boundary step (MAS.md, "Across tasks"): after task t,
+Ω_cons ← γ·Ω_cons + Ω_new and θ* ← θ, then task t+1 trains with λ Σ Ω_cons (θ − θ*)².
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mas.importance import compute_importance, negative_log_likelihood, per_sample_gradient_sums
+from mas.model import MultiHeadNet
+from mas.penalty import QuadraticAnchor, consolidate
+from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_task, train_tasks
+
+ProgressCallback = Callable[[Progress], None] | None
+Importance = dict[str, torch.Tensor]
+
+SI_DAMPING = 0.1
+
+
+class Strategy(Protocol):
+    def learn(
+        self,
+        model: MultiHeadNet,
+        task: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        on_progress: ProgressCallback = None,
+    ) -> None: ...
+
+
+def mas_importance(model: MultiHeadNet, task: str, x: torch.Tensor, _y: torch.Tensor) -> Importance:
+    """Label-free: the labels are ignored."""
+    return compute_importance(model, x, task=task)
+
+
+def empirical_fisher(
+    model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor
+) -> Importance:
+    """EWC: mean over samples of the squared per-sample gradient of −log p(y|x)."""
+    sums = per_sample_gradient_sums(
+        model, x, task=task, targets=y, loss=negative_log_likelihood, reduce=torch.square
+    )
+    return {name: value / x.shape[0] for name, value in sums.items()}
+
+
+class FineTune:
+    """No penalty: the lower bound."""
+
+    def learn(
+        self,
+        model: MultiHeadNet,
+        task: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        on_progress: ProgressCallback = None,
+    ) -> None:
+        train_task(model, task, x, y, config, on_progress=on_progress)
+
+
+class Joint:
+    """All data seen so far at once: the upper bound."""
+
+    def __init__(self) -> None:
+        self.seen: list[TaskData] = []
+
+    def learn(
+        self,
+        model: MultiHeadNet,
+        task: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        on_progress: ProgressCallback = None,
+    ) -> None:
+        self.seen.append((task, x, y))
+        train_tasks(model, self.seen, config, on_progress=on_progress)
+
+
+class Regularized:
+    """Quadratic anchor with importance from `estimate` at each task boundary."""
+
+    def __init__(
+        self,
+        lam: float,
+        estimate: Callable[[MultiHeadNet, str, torch.Tensor, torch.Tensor], Importance],
+        gamma: float = 1.0,
+    ) -> None:
+        self.lam = lam
+        self.gamma = gamma
+        self.estimate = estimate
+        self.consolidated: Importance | None = None
+        self.anchor: QuadraticAnchor | None = None
+
+    def observers(self, model: MultiHeadNet) -> list[StepObserver]:
+        return []
+
+    def learn(
+        self,
+        model: MultiHeadNet,
+        task: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        on_progress: ProgressCallback = None,
+    ) -> None:
+        observers = self.observers(model)
+        train_task(
+            model,
+            task,
+            x,
+            y,
+            config,
+            anchor=self.anchor,
+            on_progress=on_progress,
+            observers=observers,
+        )
+        self.consolidated = consolidate(
+            self.consolidated, self.estimate(model, task, x, y), self.gamma
+        )
+        self.anchor = QuadraticAnchor.at(model, self.consolidated, self.lam)
+
+
+class PathIntegral:
+    """SI's running ω = Σ_steps −g·Δθ over one task's training (Zenke et al., 2017)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.omega = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        self._before: dict[str, torch.Tensor] = {}
+        self._grads: dict[str, torch.Tensor] = {}
+
+    def before_step(self, model: nn.Module) -> None:
+        self._before = {
+            n: p.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+        self._grads = {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    def after_step(self, model: nn.Module) -> None:
+        for name, parameter in model.named_parameters():
+            if name in self._grads:
+                self.omega[name] -= self._grads[name] * (parameter.detach() - self._before[name])
+
+    def importance(self, model: nn.Module) -> Importance:
+        """ω / (Δθ_total² + ξ), clamped at zero so the penalty stays convex."""
+        return {
+            name: (
+                self.omega[name] / ((p.detach() - self.start[name]).square() + SI_DAMPING)
+            ).clamp_min(0)
+            for name, p in model.named_parameters()
+        }
+
+
+class SynapticIntelligence(Regularized):
+    def __init__(self, lam: float, gamma: float = 1.0) -> None:
+        super().__init__(lam, self._path_importance, gamma)
+        self._path: PathIntegral | None = None
+
+    def observers(self, model: MultiHeadNet) -> list[StepObserver]:
+        self._path = PathIntegral(model)
+        return [self._path]
+
+    def _path_importance(
+        self, model: MultiHeadNet, _task: str, _x: torch.Tensor, _y: torch.Tensor
+    ) -> Importance:
+        assert self._path is not None, "learn() creates the path integral before estimating"
+        return self._path.importance(model)
+
+
+STRATEGIES = ("finetune", "mas", "ewc", "si", "joint")
+
+
+def make_strategy(name: str, lam: float = 0.0, gamma: float = 1.0) -> Strategy:
+    if name == "finetune":
+        return FineTune()
+    if name == "joint":
+        return Joint()
+    if name == "mas":
+        return Regularized(lam, mas_importance, gamma)
+    if name == "ewc":
+        return Regularized(lam, empirical_fisher, gamma)
+    if name == "si":
+        return SynapticIntelligence(lam, gamma)
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")

@@ -1,0 +1,179 @@
+"""Learning a task (or several at once, for joint training) with an optional quadratic anchor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from mas.model import MultiHeadNet
+from mas.penalty import QuadraticAnchor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 1.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+class TrainingStopped(Exception):
+    """Raised when should_stop() asks a run to end early (a cancelled job)."""
+
+
+class StepObserver(Protocol):
+    """Sees every optimizer step; SI integrates its path integral here."""
+
+    def before_step(self, model: nn.Module) -> None: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
+TaskData = tuple[str, torch.Tensor, torch.Tensor]
+
+
+def _make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+
+
+def _epoch_batches(
+    tasks: Sequence[TaskData], batch_size: int, generator: torch.Generator
+) -> list[tuple[int, torch.Tensor]]:
+    """Shuffled single-task batches, interleaved across tasks in a random order."""
+    batches = [
+        (index, chunk)
+        for index, (_, x, _) in enumerate(tasks)
+        for chunk in torch.randperm(x.shape[0], generator=generator).split(batch_size)
+    ]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def _unique(parameters: list[nn.Parameter]) -> list[nn.Parameter]:
+    return list({id(p): p for p in parameters}.values())
+
+
+def train_tasks(
+    model: MultiHeadNet,
+    tasks: Sequence[TaskData],
+    config: TrainConfig,
+    *,
+    anchor: QuadraticAnchor | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    observers: Sequence[StepObserver] = (),
+) -> TrainResult:
+    """Cross-entropy on each task's own head, plus the anchor's penalty when one is given."""
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    parameters = _unique([p for name, _, _ in tasks for p in model.trainable_parameters(name)])
+    optimizer = _make_optimizer(parameters, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = sum(-(-x.shape[0] // config.batch_size) for _, x, _ in tasks)
+    total_steps = steps_per_epoch * config.epochs
+    step, loss_value = 0, float("nan")
+    was_training = model.training
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            for index, rows in _epoch_batches(tasks, config.batch_size, generator):
+                if should_stop is not None and should_stop():
+                    raise TrainingStopped(f"stopped at step {step} of {total_steps}")
+                name, x, y = tasks[index]
+                logits = model(x[rows].to(device), name)
+                loss = nn.functional.cross_entropy(logits, y[rows].to(device))
+                if anchor is not None:
+                    loss = loss + anchor(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for observer in observers:
+                    observer.before_step(model)
+                optimizer.step()
+                for observer in observers:
+                    observer.after_step(model)
+                step += 1
+                loss_value = loss.item()
+                if on_progress is not None:
+                    on_progress(Progress(epoch, step, total_steps, loss_value))
+    finally:
+        model.train(was_training)
+    return TrainResult(step, loss_value, time.perf_counter() - started)
+
+
+def train_task(
+    model: MultiHeadNet,
+    task: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    anchor: QuadraticAnchor | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    observers: Sequence[StepObserver] = (),
+) -> TrainResult:
+    return train_tasks(
+        model,
+        [(task, x, y)],
+        config,
+        anchor=anchor,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        observers=observers,
+    )
+
+
+@torch.no_grad()
+def predict_proba(
+    model: MultiHeadNet, task: str, x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Softmax probabilities in eval mode; the train flag is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        chunks = [
+            torch.softmax(model(chunk.to(device), task), dim=1).cpu()
+            for chunk in x.split(batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def evaluate(
+    model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> float:
+    """Accuracy of the task's head on (x, y)."""
+    predictions = predict_proba(model, task, x, batch_size).argmax(dim=1)
+    return (predictions == y.cpu()).float().mean().item()
