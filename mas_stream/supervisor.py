@@ -1,0 +1,159 @@
+"""`mas-stream serve`: embedded Redis, the API and both workers on one machine, supervised.
+
+Each part runs as its own child process, as it would in docker-compose; a child that exits is
+started again with exponential backoff, and SIGTERM or Ctrl-C stops them all, then Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from mas.store.redis_server import EmbeddedRedis
+from mas.store.settings import Settings
+
+log = logging.getLogger("mas_stream.supervisor")
+
+_BACKOFF_START_S: Final = 0.5
+_BACKOFF_MAX_S: Final = 30.0
+_HEALTHY_AFTER_S: Final = 30.0
+_STOP_TIMEOUT_S: Final = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = _BACKOFF_START_S
+    next_start: float = field(default=0.0)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(self.command, env=env)
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def children() -> list[Child]:
+    python = [sys.executable, "-m", "mas_stream"]
+    return [
+        Child("api", [*python, "api"]),
+        Child("importance", [*python, "worker", "importance", "--worker-id", "importance-0"]),
+        Child("trainer", [*python, "worker", "trainer"]),
+    ]
+
+
+def supervise(
+    parts: list[Child], env: dict[str, str], stop: threading.Event, redis: EmbeddedRedis | None
+) -> None:
+    """Restart exited children with backoff; a child that stayed up a while resets its backoff.
+    The embedded Redis comes back first if it died (its append-only file keeps the state)."""
+    for child in parts:
+        child.start(env)
+    while not stop.wait(0.2):
+        if redis is not None and not redis.running:
+            log.warning("embedded redis exited; restarting it")
+            redis.start()
+        now = time.monotonic()
+        for child in parts:
+            if child.process is None:
+                if now >= child.next_start:
+                    child.start(env)
+                continue
+            code = child.process.poll()
+            if code is None:
+                if now - child.started_at > _HEALTHY_AFTER_S:
+                    child.backoff = _BACKOFF_START_S
+                continue
+            child.restarts += 1
+            child.process = None
+            child.next_start = now + child.backoff
+            log.warning(
+                "%s exited with code %s; restart %d in %.1fs",
+                child.name, code, child.restarts, child.backoff,
+            )  # fmt: skip
+            child.backoff = min(child.backoff * 2, _BACKOFF_MAX_S)
+
+
+def shutdown(parts: list[Child]) -> None:
+    for child in parts:
+        child.stop()
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    for child in parts:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", child.name)
+            child.process.kill()
+            child.process.wait()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="API bind address (MAS_HOST, default 127.0.0.1).")
+    parser.add_argument("--port", type=int, help="API port (MAS_PORT, default 8000).")
+    parser.add_argument("--data-dir", type=Path, help="State directory (MAS_DATA_DIR).")
+
+
+def run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    for flag, variable in (
+        ("host", "MAS_HOST"),
+        ("port", "MAS_PORT"),
+        ("data_dir", "MAS_DATA_DIR"),
+    ):
+        if getattr(args, flag) is not None:
+            env[variable] = str(getattr(args, flag))
+    os.environ.update(env)
+    settings = Settings()
+    if not settings.admin_token:
+        if not is_loopback(settings.host):
+            log.error("refusing to serve on %s without MAS_ADMIN_TOKEN", settings.host)
+            return 2
+        log.warning("no MAS_ADMIN_TOKEN: mutating endpoints are open (loopback only)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env["MAS_DATA_DIR"] = str(settings.data_dir.resolve())
+    server = None
+    if not settings.redis_url:
+        server = EmbeddedRedis(settings.data_dir / "redis")
+        env["REDIS_URL"] = server.start()
+        log.info("embedded redis at %s", server.url)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    parts = children()
+    log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
+    try:
+        supervise(parts, env, stop, server)
+    finally:
+        shutdown(parts)
+        if server is not None:
+            server.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,309 @@
+"""Trainer worker: learns a POSTed task while protecting what the traffic showed to be important.
+
+One job: consolidate Ω (traffic Ω of the served version when it has enough samples, else Ω from
+the stored training data of the earlier tasks), anchor θ* at the served parameters, train the new
+head and the shared trunk with λ Σ Ω (θ − θ*)², evaluate every known task on its held-out split,
+publish an immutable new version and activate it only if the retention gate passes. Nothing the
+API serves changes until that last step, so a failed, cancelled or killed job leaves it untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import redis
+import torch
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from mas.accumulator import ImportanceAccumulator
+from mas.importance import importance_sums
+from mas.model import MultiHeadNet, build_model
+from mas.penalty import QuadraticAnchor, consolidate
+from mas.store.datasets import DatasetStore
+from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
+from mas.store.keys import Keys
+from mas.store.omega import OmegaStore
+from mas.store.registry import ModelRegistry
+from mas.store.runtime import connect, resolve_device
+from mas.store.settings import Settings
+from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
+
+log = logging.getLogger(__name__)
+
+_REPORT_INTERVAL_S: Final = 0.5
+
+JOBS = Counter("mas_trainer_jobs", "Training jobs finished, by final status.", ["status"])
+TRAINING_SECONDS = Histogram(
+    "mas_trainer_training_duration_seconds",
+    "Wall time of a training job from claim to publish.",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+JOB_PROGRESS = Gauge("mas_trainer_job_progress", "Progress (0-1) of the job being trained now.")
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        keys: Keys,
+        *,
+        consumer: str,
+        device: torch.device,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.device = device
+        self.jobs = JobQueue(redis_client, keys)
+        self.registry = ModelRegistry(redis_client, keys, settings.models_dir)
+        self.datasets = DatasetStore(redis_client, keys, settings.datasets_dir)
+        self.omega = OmegaStore(redis_client, keys)
+
+    def run_once(self, block_ms: int = 1000) -> bool:
+        """Claims and runs at most one job; False when none arrived within block_ms."""
+        job = self.jobs.claim(self.consumer, block_ms, stale_ms=self.settings.job_lease_ms)
+        if job is None:
+            return False
+        if job.get("interrupted_worker") is not None:
+            self._finish(
+                job,
+                FAILED,
+                error=f"trainer {job['interrupted_worker']} stopped while running this job "
+                f"(attempt {job['attempts'] - 1}); the served model version is unchanged",
+            )
+            return True
+        started = time.perf_counter()
+        try:
+            result = self.learn(job)
+        except TrainingStopped:
+            self._finish(job, CANCELED, error="canceled by request")
+        except Exception as error:
+            log.exception("job %s failed", job["id"])
+            self._finish(job, FAILED, error=f"{type(error).__name__}: {error}")
+        else:
+            self._finish(job, SUCCEEDED, result=result)
+            TRAINING_SECONDS.observe(time.perf_counter() - started)
+        finally:
+            JOB_PROGRESS.set(0)
+        return True
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Outlives Redis outages: waits and tries again instead of exiting."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except redis.ConnectionError as error:
+                log.warning("redis unavailable (%s); retrying", error)
+                stop.wait(_REPORT_INTERVAL_S * 4)
+
+    def _finish(self, job: JobRecord, status: str, **outcome: Any) -> None:
+        self.jobs.finish(job["id"], status, **outcome)
+        JOBS.labels(status=status).inc()
+
+    def learn(self, job: JobRecord) -> dict[str, Any]:
+        task, params = job["task"], job["params"]
+        data = self.datasets.load(task)
+        parent = self.registry.current_version()
+        if parent is None:
+            model, accuracy_before = self._first_model(data["meta"]["input_shape"]), {}
+            anchor, boundary, omega_info = None, {}, {"source": "none", "samples": 0}
+        else:
+            loaded = self.registry.load(parent, self.device)
+            model = loaded.model
+            accuracy_before = dict(loaded.manifest.get("metrics", {}).get("accuracy", {}))
+            omega_new, omega_info = self._boundary_importance(parent, model)
+            previous = self.registry.extra_tensors(parent, "omega_consolidated")
+            consolidated = consolidate(
+                None if previous is None else {k: v.to(self.device) for k, v in previous.items()},
+                omega_new,
+                self.settings.gamma,
+            )
+            lam = float(params.get("lambda", self.settings.mas_lambda))
+            anchor = QuadraticAnchor.at(model, consolidated, lam)
+            boundary = {"omega_consolidated": consolidated, "omega_boundary": omega_new}
+        model.add_task(task, int(data["meta"]["num_classes"]))
+        config = TrainConfig(
+            epochs=int(params.get("epochs", self.settings.epochs)),
+            batch_size=self.settings.batch_size,
+            lr=self.settings.learning_rate,
+            momentum=self.settings.momentum,
+            seed=self.settings.seed,
+        )
+        report, should_stop = self._reporters(job["id"])
+        train_task(
+            model,
+            task,
+            data["x_train"],
+            data["y_train"],
+            config,
+            anchor=anchor,
+            on_progress=report,
+            should_stop=should_stop,
+        )
+        accuracy_after = self._evaluate_all(model)
+        activated, reason = self._retention_gate(accuracy_before, accuracy_after)
+        version = self.registry.publish(
+            model,
+            parent=parent,
+            metrics={"accuracy": accuracy_after},
+            info={
+                "task": task,
+                "job_id": job["id"],
+                "lambda": None if anchor is None else anchor.lam,
+                "omega": omega_info,
+                "retention_gate": reason,
+            },
+            extra_tensors={name: _cpu(tensors) for name, tensors in boundary.items()},
+        )
+        if activated:
+            self.registry.activate(version)
+        return {
+            "version": version,
+            "parent": parent,
+            "activated": activated,
+            "reason": reason,
+            "accuracy_before": accuracy_before,
+            "accuracy_after": accuracy_after,
+            "omega": omega_info,
+        }
+
+    def _first_model(self, input_shape: Sequence[int]) -> MultiHeadNet:
+        spec = {
+            "family": "mlp",
+            "input_shape": list(input_shape),
+            "hidden": list(self.settings.hidden),
+            "activation": "relu",
+            "head_mode": self.settings.head_mode,
+            "shared_classes": self.settings.shared_classes,
+        }
+        return build_model(spec, seed=self.settings.seed).to(self.device)
+
+    def _boundary_importance(
+        self, version: int, model: MultiHeadNet
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Ω_new at the served parameters: from the traffic this version served when there was
+        enough of it, otherwise from the stored training data of the tasks it knows."""
+        traffic = self.omega.merged(version)
+        if traffic is not None and traffic.count >= self.settings.min_traffic_samples:
+            omega = {name: value.to(self.device) for name, value in traffic.mean().items()}
+            return omega, {"source": "traffic", "samples": int(traffic.count)}
+        accumulator = ImportanceAccumulator()
+        for task in model.tasks:
+            inputs = self.datasets.load(task)["x_train"]
+            sums = importance_sums(
+                model,
+                inputs,
+                task=task,
+                method=self.settings.importance_method,
+                batch_size=self.settings.importance_batch,
+            )
+            accumulator.add(sums, inputs.shape[0])
+        served = 0 if traffic is None else int(traffic.count)
+        return accumulator.mean(), {
+            "source": "data",
+            "samples": int(accumulator.count),
+            "traffic_samples": served,
+        }
+
+    def _evaluate_all(self, model: MultiHeadNet) -> dict[str, float]:
+        accuracy = {}
+        for task in model.tasks:
+            data = self.datasets.load(task)
+            accuracy[task] = evaluate(model, task, data["x_holdout"], data["y_holdout"])
+        return accuracy
+
+    def _retention_gate(
+        self, before: dict[str, float], after: dict[str, float]
+    ) -> tuple[bool, str]:
+        """Activate only if no earlier task lost more than retention_max_drop on its holdout."""
+        limit = self.settings.retention_max_drop
+        drops = {task: before[task] - after[task] for task in before if task in after}
+        if not drops:
+            return True, "first task: nothing to retain"
+        worst = max(drops, key=drops.__getitem__)
+        if drops[worst] > limit:
+            return False, (
+                f"held for manual activation: task {worst} dropped {drops[worst]:.4f} "
+                f"(> {limit:.4f}) in held-out accuracy"
+            )
+        return True, f"largest drop {drops[worst]:.4f} on task {worst} is within {limit:.4f}"
+
+    def _reporters(self, job_id: str) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
+        """Progress writes, heartbeats and cancellation checks, at most every half second."""
+        last = {"report": 0.0, "cancel": 0.0}
+
+        def report(progress: Progress) -> None:
+            now = time.monotonic()
+            if now - last["report"] >= _REPORT_INTERVAL_S or progress.step == progress.total_steps:
+                last["report"] = now
+                self.jobs.progress(job_id, progress)
+                self.jobs.heartbeat(job_id, self.consumer)
+                JOB_PROGRESS.set(progress.fraction)
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if now - last["cancel"] < _REPORT_INTERVAL_S:
+                return False
+            last["cancel"] = now
+            record = self.jobs.get(job_id)
+            return record is None or bool(record.get("cancel_requested"))
+
+        return report, should_stop
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consumer",
+        default=None,
+        help="Job stream consumer name (default: <hostname>-<random>, new for every process).",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    client, server = connect(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        trainer = Trainer(
+            settings,
+            client,
+            Keys(settings.key_prefix),
+            consumer=consumer,
+            device=resolve_device(settings.device),
+        )
+        if settings.trainer_metrics_port:
+            start_http_server(settings.trainer_metrics_port)
+        log.info("trainer %s started on %s", consumer, trainer.device)
+        trainer.run_forever(stop)
+    finally:
+        client.close()
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="mas-stream worker trainer", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
