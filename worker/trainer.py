@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 import redis
@@ -83,7 +84,8 @@ class Trainer:
             return True
         started = time.perf_counter()
         try:
-            result = self.learn(job)
+            with self._heartbeat(job["id"]):
+                result = self.learn(job)
         except TrainingStopped:
             self._finish(job, CANCELED, error="canceled by request")
         except Exception as error:
@@ -104,6 +106,27 @@ class Trainer:
             except redis.ConnectionError as error:
                 log.warning("redis unavailable (%s); retrying", error)
                 stop.wait(_REPORT_INTERVAL_S * 4)
+
+    @contextmanager
+    def _heartbeat(self, job_id: str) -> Iterator[None]:
+        """Keeps the job's lease fresh through every stage (Ω, training, evaluation, publish)."""
+        done = threading.Event()
+        interval = self.settings.job_lease_ms / 3000
+
+        def beat() -> None:
+            while not done.wait(interval):
+                try:
+                    self.jobs.heartbeat(job_id, self.consumer)
+                except redis.RedisError as error:
+                    log.warning("heartbeat for job %s failed: %s", job_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _finish(self, job: JobRecord, status: str, **outcome: Any) -> None:
         self.jobs.finish(job["id"], status, **outcome)
@@ -246,7 +269,6 @@ class Trainer:
             if now - last["report"] >= _REPORT_INTERVAL_S or progress.step == progress.total_steps:
                 last["report"] = now
                 self.jobs.progress(job_id, progress)
-                self.jobs.heartbeat(job_id, self.consumer)
                 JOB_PROGRESS.set(progress.fraction)
 
         def should_stop() -> bool:

@@ -1,0 +1,219 @@
+"""Labelled task datasets: parsed from uploads without unpickling, stored with a held-out split."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import torch
+
+from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas.store.codec import as_text
+from mas.store.files import atomic_write_bytes
+from mas.store.keys import Keys
+
+LABEL_COLUMN = "label"
+SPLITS = ("train", "holdout")
+# Upper bound on the decompressed size of an .npz: a small compressed upload can expand enormously.
+MAX_NPZ_BYTES = 1 << 30
+
+
+class UnknownDataset(LookupError):
+    """No stored dataset with this name."""
+
+
+def parse_dataset_file(
+    filename: str, content: bytes, *, max_npz_bytes: int = MAX_NPZ_BYTES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (float32) and labels (int64) from an uploaded .npz or .csv, fully validated."""
+    suffix = Path(filename).suffix.lower()
+    if suffix == ".npz":
+        x, y = _read_npz(content, max_npz_bytes)
+    elif suffix == ".csv":
+        x, y = _read_csv(content)
+    else:
+        raise DataValidationError(
+            "file", f"unsupported file type {suffix or filename!r}; use .npz or .csv"
+        )
+    inputs, labels = validate_task_arrays(x, y)
+    return inputs.numpy(), labels.numpy()
+
+
+def _read_npz(content: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        archive = np.load(io.BytesIO(content), allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise DataValidationError("file", f"not a readable .npz archive ({error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataValidationError("file", "is a single .npy array, expected an .npz with x and y")
+    with archive:
+        declared = sum(info.file_size for info in archive.zip.infolist())
+        if declared > max_bytes:
+            raise DataValidationError(
+                "file", f"expands to {declared} bytes, more than the {max_bytes} allowed"
+            )
+        return _npz_array(archive, "x"), _npz_array(archive, "y")
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    if name not in archive.files:
+        raise DataValidationError(name, f"missing from the archive (found {archive.files})")
+    try:
+        return archive[name]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataValidationError(
+                name, "object arrays are refused (they need pickle)"
+            ) from None
+        raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
+
+
+def _read_csv(content: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataValidationError("file", "is not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = [(reader.line_num, row) for row in reader if row]
+    except csv.Error as error:
+        raise DataValidationError("file", f"is not valid CSV ({error})") from None
+    if not rows:
+        raise DataValidationError("file", "is empty")
+    header = [column.strip() for column in rows[0][1]]
+    if LABEL_COLUMN not in header:
+        raise DataValidationError(LABEL_COLUMN, f"no {LABEL_COLUMN!r} column in header {header}")
+    label_index = header.index(LABEL_COLUMN)
+    if len(header) < 2:
+        raise DataValidationError("x", "no feature columns besides the label")
+    features: list[list[float]] = []
+    labels: list[float] = []
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise DataValidationError(
+                "file", f"line {line} has {len(row)} cells, the header has {len(header)}"
+            )
+        values = [_csv_number(cell, line, name) for name, cell in zip(header, row, strict=True)]
+        labels.append(values.pop(label_index))
+        features.append(values)
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1)
+    return x, np.asarray(labels)
+
+
+def _csv_number(cell: str, line: int, column: str) -> float:
+    field = LABEL_COLUMN if column == LABEL_COLUMN else "x"
+    try:
+        return float(cell)
+    except ValueError:
+        raise DataValidationError(
+            field, f"line {line}, column {column!r}: {cell.strip()!r} is not a number"
+        ) from None
+
+
+def split_holdout(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class split, so every class with two or more rows is both trained on and judged.
+
+    Rows keep their original order within each part; the same inputs and seed give the same split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    is_holdout = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        is_holdout[members[: _holdout_count(len(members), fraction)]] = True
+    return x[~is_holdout], y[~is_holdout], x[is_holdout], y[is_holdout]
+
+
+def _holdout_count(class_size: int, fraction: float) -> int:
+    """At least one row held out, yet never all of them (a one-row class stays in training)."""
+    return min(max(round(fraction * class_size), 1), class_size - 1)
+
+
+def _npz_bytes(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        x=np.asarray(x, dtype=np.float32),
+        y=np.asarray(y, dtype=np.int64),
+    )
+    return buffer.getvalue()
+
+
+class DatasetStore:
+    """Arrays on disk under datasets_dir/<name>/; metadata in Redis, written last, so a dataset
+    whose metadata is visible has both of its files."""
+
+    def __init__(self, redis_client: redis.Redis, keys: Keys, datasets_dir: Path) -> None:
+        self._redis = redis_client
+        self._keys = keys
+        self._datasets_dir = Path(datasets_dir)
+
+    def save(
+        self,
+        name: str,
+        x_train: np.ndarray | torch.Tensor,
+        y_train: np.ndarray | torch.Tensor,
+        x_holdout: np.ndarray | torch.Tensor,
+        y_holdout: np.ndarray | torch.Tensor,
+        meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Returns the stored metadata. A declared num_classes in `meta` wins over the inferred
+        one (a task may declare classes its data lacks); shapes and counts come from the data."""
+        for split, (x, y) in zip(SPLITS, ((x_train, y_train), (x_holdout, y_holdout)), strict=True):
+            atomic_write_bytes(self._split_path(name, split), _npz_bytes(x, y))
+        largest_label = max(
+            (int(np.max(np.asarray(y))) for y in (y_train, y_holdout) if len(y)), default=-1
+        )
+        record = {
+            **meta,
+            "num_classes": int(meta.get("num_classes", largest_label + 1)),
+            "input_shape": [int(d) for d in np.asarray(x_train).shape[1:]],
+            "n_train": len(y_train),
+            "n_holdout": len(y_holdout),
+            "created_at": time.time(),
+        }
+        self._redis.hset(self._keys.tasks, name, json.dumps(record))
+        return record
+
+    def load(self, name: str) -> dict[str, Any]:
+        """x_train, y_train, x_holdout, y_holdout as float32/int64 tensors, and meta."""
+        loaded: dict[str, Any] = {"meta": self.meta(name)}
+        for split in SPLITS:
+            with np.load(self._split_path(name, split), allow_pickle=False) as archive:
+                loaded[f"x_{split}"] = torch.from_numpy(archive["x"].astype(np.float32))
+                loaded[f"y_{split}"] = torch.from_numpy(archive["y"].astype(np.int64))
+        return loaded
+
+    def meta(self, name: str) -> dict[str, Any]:
+        raw = self._redis.hget(self._keys.tasks, name)
+        if raw is None:
+            raise UnknownDataset(name)
+        return json.loads(raw)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._redis.hexists(self._keys.tasks, name))
+
+    def names(self) -> list[str]:
+        """In creation order."""
+        records = {
+            as_text(name): json.loads(raw)
+            for name, raw in self._redis.hgetall(self._keys.tasks).items()
+        }
+        return sorted(records, key=lambda name: (records[name]["created_at"], name))
+
+    def _split_path(self, name: str, split: str) -> Path:
+        """The name is validated here because it becomes part of a path."""
+        return self._datasets_dir / validate_task_name(name) / f"{split}.npz"

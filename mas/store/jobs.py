@@ -1,0 +1,310 @@
+"""Training jobs: a Redis stream delivers each job to one trainer, a hash per job holds its state.
+
+The stream gives at-least-once delivery through a consumer group; the hash is the truth about a
+job. State changes that race with each other (claim against cancel, heartbeat against a reclaim
+by another trainer) run as Lua scripts on the job's hash, so each one is atomic.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import redis
+
+from mas.store.codec import as_text
+from mas.store.keys import Keys
+
+if TYPE_CHECKING:
+    from mas.training import Progress
+
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+CANCELED: Final = "canceled"
+FINAL_STATUSES: Final = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+# Longest single blocking read, so stale entries are looked at again while waiting and a read
+# never outlasts the client's socket timeout.
+_MAX_BLOCK_MS: Final = 1000
+# Hash field holding the stream entry id of the job's delivery; internal, not part of a record.
+_ENTRY_FIELD: Final = "entry"
+
+
+class UnknownJob(LookupError):
+    """No job with this id."""
+
+
+# Returns {status before the claim, previous worker}, or {'skip', ''} for a job not to run.
+_START_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then
+  return {'skip', ''}
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2])
+  return {'skip', ''}
+end
+local previous_worker = redis.call('HGET', KEYS[1], 'worker') or ''
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'entry', ARGV[3])
+if redis.call('HGET', KEYS[1], 'started_at') == '' then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+end
+return {status, previous_worker}
+"""
+
+_CANCEL_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+elseif status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+end
+return 1
+"""
+
+# Refuses (returns 0) when another trainer has reclaimed the job, so a slow trainer cannot
+# take back an entry it lost.
+_HEARTBEAT_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, redis.call('HGET', KEYS[1], 'entry'), 'JUSTID')
+return 1
+"""
+
+_FINISH_SCRIPT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then redis.call('XACK', KEYS[2], ARGV[1], entry) end
+return 1
+"""
+
+
+def _encode(value: Any) -> str:
+    """None is stored as the empty string; structured values as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _optional(decode: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda raw: None if raw == "" else decode(raw)
+
+
+JobRecord = dict[str, Any]
+
+_DECODERS: Final[dict[str, Callable[[str], Any]]] = {
+    "id": str,
+    "task": str,
+    "params": json.loads,
+    "status": str,
+    "progress": float,
+    "epoch": int,
+    "step": int,
+    "total_steps": int,
+    "loss": _optional(float),
+    "created_at": float,
+    "started_at": _optional(float),
+    "finished_at": _optional(float),
+    "attempts": int,
+    "worker": _optional(str),
+    "result": _optional(json.loads),
+    "error": _optional(str),
+    "cancel_requested": lambda raw: raw == "1",
+}
+
+
+def _first_delivery(entries: Sequence[tuple[Any, Any]]) -> tuple[str, str | None] | None:
+    """(entry id, job id) of the first entry; job id None for an entry that names no job."""
+    if not entries:
+        return None
+    entry_id, fields = entries[0]
+    job_id = {as_text(name): as_text(value) for name, value in (fields or {}).items()}.get("id")
+    return as_text(entry_id), job_id
+
+
+def _decode_record(raw: dict[bytes | str, bytes | str]) -> JobRecord:
+    record: JobRecord = {}
+    for raw_field, raw_value in raw.items():
+        field = as_text(raw_field)
+        if field != _ENTRY_FIELD:
+            record[field] = _DECODERS.get(field, str)(as_text(raw_value))
+    return record
+
+
+class JobQueue:
+    def __init__(self, redis_client: redis.Redis, keys: Keys) -> None:
+        self._redis = redis_client
+        self._keys = keys
+        self._start_script = redis_client.register_script(_START_SCRIPT)
+        self._cancel_script = redis_client.register_script(_CANCEL_SCRIPT)
+        self._heartbeat_script = redis_client.register_script(_HEARTBEAT_SCRIPT)
+        self._finish_script = redis_client.register_script(_FINISH_SCRIPT)
+
+    def submit(self, task: str, params: dict[str, Any]) -> str:
+        """Record, index and enqueue in one transaction: a job is either fully queued or absent."""
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        record = {
+            "id": job_id,
+            "task": task,
+            "params": params,
+            "status": QUEUED,
+            "progress": 0.0,
+            "epoch": 0,
+            "step": 0,
+            "total_steps": 0,
+            "loss": None,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "attempts": 0,
+            "worker": None,
+            "result": None,
+            "error": None,
+            "cancel_requested": False,
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._keys.job(job_id), mapping={k: _encode(v) for k, v in record.items()})
+        pipe.zadd(self._keys.job_index, {job_id: now})
+        pipe.xadd(self._keys.jobs, {"id": job_id})
+        pipe.execute()
+        return job_id
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self._redis.hgetall(self._keys.job(job_id))
+        return _decode_record(raw) if raw else None
+
+    def list(self, limit: int = 50) -> builtins.list[JobRecord]:
+        """Newest first."""
+        job_ids = self._redis.zrevrange(self._keys.job_index, 0, limit - 1)
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self._keys.job(as_text(job_id)))
+        return [_decode_record(raw) for raw in pipe.execute() if raw]
+
+    def claim(self, consumer: str, block_ms: int, stale_ms: int) -> JobRecord | None:
+        """The next job for `consumer` to run, or None after waiting up to `block_ms` (0: no wait).
+
+        A stale delivery (its trainer stopped heartbeating for `stale_ms`) comes before a new one.
+        A job that had been running carries `interrupted_worker`: the trainer that died on it.
+        """
+        self._ensure_group()
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            delivery = self._reclaim_stale(consumer, stale_ms)
+            if delivery is None:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                delivery = self._read_new(consumer, min(remaining_ms, _MAX_BLOCK_MS))
+            if delivery is not None:
+                record = self._start(consumer, *delivery)
+                if record is not None:
+                    return record
+            elif time.monotonic() >= deadline:
+                return None
+
+    def heartbeat(self, job_id: str, consumer: str) -> bool:
+        """Resets the delivery's idle time; False once the job is no longer this trainer's."""
+        owned = self._heartbeat_script(
+            keys=[self._keys.job(job_id), self._keys.jobs],
+            args=[self._keys.jobs_group, consumer],
+        )
+        return bool(owned)
+
+    def progress(self, job_id: str, progress: Progress) -> None:
+        self._redis.hset(
+            self._keys.job(job_id),
+            mapping={
+                "progress": _encode(progress.fraction),
+                "epoch": _encode(progress.epoch),
+                "step": _encode(progress.step),
+                "total_steps": _encode(progress.total_steps),
+                "loss": _encode(progress.loss),
+            },
+        )
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Queued: canceled now. Running: flagged for its trainer to stop. Finished: unchanged."""
+        found = self._cancel_script(keys=[self._keys.job(job_id)], args=[_encode(time.time())])
+        record = self.get(job_id) if found else None
+        if record is None:
+            raise UnknownJob(job_id)
+        return record
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Final state and acknowledgement together, so a finished job is never redelivered."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(
+                f"final status must be one of {sorted(FINAL_STATUSES)}, not {status!r}"
+            )
+        fields: dict[str, Any] = {
+            "status": status,
+            "result": result,
+            "error": error,
+            "finished_at": time.time(),
+        }
+        if status == SUCCEEDED:
+            fields["progress"] = 1.0
+        flat = [item for name, value in fields.items() for item in (name, _encode(value))]
+        self._finish_script(
+            keys=[self._keys.job(job_id), self._keys.jobs],
+            args=[self._keys.jobs_group, *flat],
+        )
+
+    def _ensure_group(self) -> None:
+        """Created from the stream's start, so jobs submitted before any trainer are delivered."""
+        try:
+            self._redis.xgroup_create(self._keys.jobs, self._keys.jobs_group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def _reclaim_stale(self, consumer: str, stale_ms: int) -> tuple[str, str | None] | None:
+        _, entries, *_ = self._redis.xautoclaim(
+            self._keys.jobs, self._keys.jobs_group, consumer, min_idle_time=stale_ms, count=1
+        )
+        return _first_delivery(entries)
+
+    def _read_new(self, consumer: str, block_ms: int) -> tuple[str, str | None] | None:
+        response = self._redis.xreadgroup(
+            self._keys.jobs_group,
+            consumer,
+            {self._keys.jobs: ">"},
+            count=1,
+            block=block_ms if block_ms > 0 else None,
+        )
+        return _first_delivery(response[0][1] if response else [])
+
+    def _start(self, consumer: str, entry_id: str, job_id: str | None) -> JobRecord | None:
+        """Marks the job running for `consumer`; acks and returns None for a job not to run."""
+        if job_id is not None:
+            outcome = self._start_script(
+                keys=[self._keys.job(job_id)], args=[consumer, _encode(time.time()), entry_id]
+            )
+            previous_status, previous_worker = (as_text(value) for value in outcome)
+            record = None if previous_status == "skip" else self.get(job_id)
+            if record is not None:
+                if previous_status == RUNNING:
+                    record["interrupted_worker"] = previous_worker
+                return record
+        self._redis.xack(self._keys.jobs, self._keys.jobs_group, entry_id)
+        return None

@@ -1,0 +1,134 @@
+"""Immutable model versions on disk, and the Redis pointer that says which one is served.
+
+A version directory appears complete or not at all (written elsewhere, then renamed), and is
+never changed afterwards; serving another version is one SET of the pointer plus a notification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from torch import Tensor
+
+from mas.model import MultiHeadNet
+from mas.store.files import fsync_directory
+from mas.store.keys import Keys
+from mas.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
+
+_VERSION_DIRECTORY = re.compile(r"^v(\d+)$")
+# Read-only files guard immutability; the directory stays readable by processes of other users
+# sharing the volume (mkdtemp makes it owner-only).
+_READ_ONLY_FILE_MODE = 0o444
+_VERSION_DIRECTORY_MODE = 0o755
+
+
+class UnknownVersion(LookupError):
+    """No published model version with this number."""
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: int
+    model: MultiHeadNet
+    manifest: dict[str, Any]
+
+
+class ModelRegistry:
+    def __init__(self, redis_client: redis.Redis, keys: Keys, models_dir: Path) -> None:
+        self._redis = redis_client
+        self._keys = keys
+        self._models_dir = Path(models_dir)
+
+    def publish(
+        self,
+        model: MultiHeadNet,
+        *,
+        parent: int | None,
+        metrics: dict[str, Any],
+        info: dict[str, Any],
+        extra_tensors: dict[str, dict[str, Tensor]] | None = None,
+    ) -> int:
+        """Writes a new version without activating it; returns its number."""
+        self._models_dir.mkdir(parents=True, exist_ok=True)
+        version = self._allocate_version()
+        staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=self._models_dir))
+        try:
+            manifest = {
+                "version": version,
+                "parent": parent,
+                "created_at": time.time(),
+                "metrics": metrics,
+                "info": info,
+            }
+            save_model(model, staging, manifest, extra_tensors)
+            for path in staging.iterdir():
+                path.chmod(_READ_ONLY_FILE_MODE)
+            staging.chmod(_VERSION_DIRECTORY_MODE)
+            os.rename(staging, self._directory(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_directory(self._models_dir)
+        return version
+
+    def activate(self, version: int) -> None:
+        """Pointer and notification in one transaction, so subscribers never miss a move."""
+        self._require(version)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._keys.current_version, version)
+        pipe.publish(self._keys.events, json.dumps({"event": "activated", "version": version}))
+        pipe.execute()
+
+    def current_version(self) -> int | None:
+        raw = self._redis.get(self._keys.current_version)
+        return None if raw is None else int(raw)
+
+    def load(self, version: int, device: str | torch.device = "cpu") -> LoadedVersion:
+        model, manifest = load_model(self._require(version), device)
+        return LoadedVersion(version=version, model=model, manifest=manifest)
+
+    def manifest(self, version: int) -> dict[str, Any]:
+        return read_manifest(self._require(version))
+
+    def extra_tensors(self, version: int, name: str) -> dict[str, Tensor] | None:
+        return load_extra_tensors(self._require(version), name)
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Every published manifest, oldest first, each with `current` set on the served one."""
+        current = self.current_version()
+        return [
+            {**read_manifest(self._directory(version)), "current": version == current}
+            for version in self._published_versions()
+        ]
+
+    def _allocate_version(self) -> int:
+        """Skips numbers whose directory exists, in case Redis lost its counter but disk did not."""
+        while True:
+            version = int(self._redis.incr(self._keys.next_version))
+            if not self._directory(version).exists():
+                return version
+
+    def _published_versions(self) -> list[int]:
+        if not self._models_dir.is_dir():
+            return []
+        found = (_VERSION_DIRECTORY.match(path.name) for path in self._models_dir.iterdir())
+        return sorted(int(match.group(1)) for match in found if match)
+
+    def _directory(self, version: int) -> Path:
+        return self._models_dir / f"v{version}"
+
+    def _require(self, version: int) -> Path:
+        directory = self._directory(version)
+        if not directory.is_dir():
+            raise UnknownVersion(f"model version {version} does not exist")
+        return directory

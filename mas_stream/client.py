@@ -1,0 +1,104 @@
+"""A small HTTP client for the service's API, shared by `submit`, `demo` and the scenario tests."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+class ServiceError(RuntimeError):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"{response.request.method} {response.request.url.path}: "
+                         f"{response.status_code} {response.text[:500]}")  # fmt: skip
+        self.status_code = response.status_code
+
+
+class ServiceClient:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.is_error:
+            raise ServiceError(response)
+        return response.json()
+
+    def submit_task(
+        self, name: str, x: np.ndarray, y: np.ndarray, **options: float | int | None
+    ) -> dict[str, Any]:
+        """Uploads the dataset as an .npz file part; options: epochs, lambda, holdout_fraction."""
+        buffer = io.BytesIO()
+        np.savez(buffer, x=np.asarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.int64))
+        form = {"name": name, **{k: str(v) for k, v in options.items() if v is not None}}
+        files = {"file": (f"{name}.npz", buffer.getvalue(), "application/octet-stream")}
+        return self._json(self.http.post("/v1/tasks", data=form, files=files))
+
+    def submit_file(self, name: str, filename: str, content: bytes, **options: Any) -> dict:
+        form = {"name": name, **{k: str(v) for k, v in options.items() if v is not None}}
+        files = {"file": (filename, content, "application/octet-stream")}
+        return self._json(self.http.post("/v1/tasks", data=form, files=files))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        poll_seconds: float = 0.1,
+        timeout: float = 1800.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.job(job_id)
+            if on_update is not None:
+                on_update(record)
+            if record["status"] in FINAL_STATUSES:
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {record['status']} after {timeout}s")
+            time.sleep(poll_seconds)
+
+    def predict(self, task: str | None, inputs: np.ndarray | list) -> dict[str, Any]:
+        rows = np.asarray(inputs, dtype=np.float32).tolist()
+        return self._json(self.http.post("/v1/predict", json={"task": task, "inputs": rows}))
+
+    def importance(self) -> dict[str, Any]:
+        return self._json(self.http.get("/v1/importance"))
+
+    def models(self) -> dict[str, Any]:
+        return self._json(self.http.get("/v1/models"))
+
+    def metrics_text(self) -> str:
+        response = self.http.get("/metrics")
+        if response.is_error:
+            raise ServiceError(response)
+        return response.text
+
+    def wait_until_live(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"service at {self.http.base_url} not live after {timeout}s")
