@@ -15,8 +15,10 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 class ServiceError(RuntimeError):
     def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"{response.request.method} {response.request.url.path}: "
-                         f"{response.status_code} {response.text[:500]}")  # fmt: skip
+        super().__init__(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{response.status_code} {response.text[:500]}"
+        )
         self.status_code = response.status_code
 
 

@@ -31,10 +31,13 @@ def run(args: argparse.Namespace) -> int:
     with ServiceClient(args.url, token=args.token) as client:
         try:
             accepted = client.submit_file(
-                args.name, args.file.name, args.file.read_bytes(),
-                epochs=args.epochs, holdout_fraction=args.holdout_fraction,
+                args.name,
+                args.file.name,
+                args.file.read_bytes(),
+                epochs=args.epochs,
+                holdout_fraction=args.holdout_fraction,
                 **{"lambda": args.lam},
-            )  # fmt: skip
+            )
         except ServiceError as error:
             print(error, file=sys.stderr)
             return 1

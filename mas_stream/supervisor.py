@@ -95,8 +95,11 @@ def supervise(
             child.next_start = now + child.backoff
             log.warning(
                 "%s exited with code %s; restart %d in %.1fs",
-                child.name, code, child.restarts, child.backoff,
-            )  # fmt: skip
+                child.name,
+                code,
+                child.restarts,
+                child.backoff,
+            )
             child.backoff = min(child.backoff * 2, _BACKOFF_MAX_S)
 
 

@@ -14,7 +14,7 @@ import torch
 from mas.store.keys import Keys
 from mas.store.redis_server import EmbeddedRedis, redis_client
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

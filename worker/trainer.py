@@ -217,7 +217,11 @@ class Trainer:
         enough of it, otherwise from the stored training data of the tasks it knows."""
         traffic = self.omega.merged(version)
         if traffic is not None and traffic.count >= self.settings.min_traffic_samples:
-            omega = {name: value.to(self.device) for name, value in traffic.mean().items()}
+            parameters = dict(model.named_parameters())
+            omega = {
+                name: value.to(self.device, parameters[name].dtype)
+                for name, value in traffic.mean().items()
+            }
             return omega, {"source": "traffic", "samples": int(traffic.count)}
         accumulator = ImportanceAccumulator()
         for task in model.tasks:

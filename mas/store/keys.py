@@ -42,6 +42,10 @@ class Keys:
         """Hash: task -> samples applied to Ω for one model version."""
         return f"{self.prefix}:omega:{version}:tasks"
 
+    def omega_revisions(self, version: int) -> str:
+        """Hash: worker id -> how many commits wrote its partial (compare-and-set token)."""
+        return f"{self.prefix}:omega:{version}:revisions"
+
     @property
     def omega_versions(self) -> str:
         """Set of versions that have Ω partials."""

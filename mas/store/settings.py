@@ -22,13 +22,14 @@ class Settings(BaseSettings):
     key_prefix: str = Field("mas", description="Prefix of every Redis key this service owns.")
 
     # HTTP API.
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(8000, description="API port.")
     admin_token: str | None = Field(None, description="Bearer token for mutating endpoints.")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
     max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
     max_wait_ms: float = Field(2.0, description="Longest a request waits for batch-mates.")
     model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
+    model_name: str = Field("mas", description="Model name in the Open Inference Protocol (/v2).")
 
     # Forwarding samples to the importance worker.
     sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of inputs forwarded.")
@@ -39,33 +40,39 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present.")
 
     # Importance worker.
-    importance_method: Literal["exact", "batch", "local"] = "exact"
+    importance_method: Literal["exact", "batch", "local"] = Field(
+        "exact", description="Ω estimator: per-sample (paper), batch formula, or l-MAS."
+    )
     importance_batch: int = Field(256, description="Samples per importance pass.")
     checkpoint_every: int = Field(1, description="Stream reads between Ω checkpoints.")
     claim_min_idle_ms: int = Field(30_000, description="Idle time before entries are reclaimed.")
     dead_letter_after: int = Field(5, description="Deliveries before an entry is dead-lettered.")
-    importance_metrics_port: int = 9101
+    importance_metrics_port: int = Field(9101, description="Importance worker /metrics; 0: off.")
 
     # Trainer.
-    trainer_metrics_port: int = 9102
+    trainer_metrics_port: int = Field(9102, description="Trainer /metrics port; 0: off.")
     job_lease_ms: int = Field(30_000, description="A job not heartbeated this long is stale.")
     min_traffic_samples: int = Field(500, description="Fewer served samples: Ω from stored data.")
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="Ω_cons ← γ·Ω_cons + Ω_new.")
     mas_lambda: float = Field(
         1.0, ge=0.0, validation_alias=AliasChoices("MAS_LAMBDA"), description="Penalty strength."
     )
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(0.01, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0)
-    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    epochs: int = Field(10, ge=1, description="Epochs per task unless the upload says otherwise.")
+    batch_size: int = Field(64, ge=1, description="Training mini-batch size.")
+    learning_rate: float = Field(0.01, gt=0.0, description="SGD learning rate.")
+    momentum: float = Field(0.9, ge=0.0, description="SGD momentum.")
+    holdout_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of an upload kept out of training, per class."
+    )
     retention_max_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="Largest drop on an earlier task to auto-activate."
     )
     hidden: list[int] = Field([256, 256], description="Hidden sizes of the default MLP trunk.")
-    head_mode: Literal["per_task", "shared"] = "per_task"
+    head_mode: Literal["per_task", "shared"] = Field(
+        "per_task", description="One head per task, or one shared head (domain-incremental)."
+    )
     shared_classes: int = Field(10, description="Classes of the shared head (head_mode=shared).")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of model initialisation and data order.")
 
     @property
     def models_dir(self) -> Path:

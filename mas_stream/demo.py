@@ -1,0 +1,97 @@
+"""`mas-stream demo`: the permuted-MNIST scenario against a running service, or a fresh one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from mas_stream.client import ServiceClient
+from mas_stream.scenario import run_scenario
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[str]:
+    """`mas-stream serve` in a temporary data directory on a free loopback port."""
+    with tempfile.TemporaryDirectory(prefix="mas-demo-") as data_dir:
+        port = free_port()
+        env = {
+            **os.environ,
+            "MAS_DATA_DIR": data_dir,
+            "MAS_HOST": "127.0.0.1",
+            "MAS_PORT": str(port),
+            "MAS_IMPORTANCE_METRICS_PORT": "0",
+            "MAS_TRAINER_METRICS_PORT": "0",
+            **(env_overrides or {}),
+        }
+        env.pop("REDIS_URL", None)
+        process = subprocess.Popen([sys.executable, "-m", "mas_stream", "serve"], env=env)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"),
+        help="Service to use; a fresh one is started if it is not reachable.",
+    )
+    parser.add_argument("--token", default=os.environ.get("MAS_ADMIN_TOKEN"))
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lambda", dest="lam", type=float)
+
+
+def _run(url: str, args: argparse.Namespace) -> int:
+    with ServiceClient(url, token=args.token) as client:
+        client.wait_until_live()
+        report = run_scenario(client, tasks=args.tasks, epochs=args.epochs, lam=args.lam)
+        first = report.stages[0].task
+        print(
+            f"\n{first}: accuracy right after learning it {report.stages[0].accuracy[first]:.3f},"
+            f" after {len(report.stages)} tasks {report.stages[-1].accuracy[first]:.3f} "
+            f"(drop {100 * report.drop(first):.1f} points)"
+        )
+        print(f"rows served per version: {dict(report.rows_served)}")
+        print("versions:")
+        for version in client.models()["versions"]:
+            print(
+                f"  v{version['version']} parent={version['parent']} "
+                f"tasks={list(version['tasks'])} current={version['current']}"
+            )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if _reachable(args.url):
+        return _run(args.url, args)
+    print(f"{args.url} is not reachable: starting a fresh service for the demo")
+    with fresh_service() as url:
+        return _run(url, args)

@@ -1,0 +1,1 @@
+"""Background workers: importance (Ω from served traffic) and trainer (new tasks)."""

@@ -1,0 +1,334 @@
+"""Importance worker: turns the samples the service forwarded into Ω, each sample exactly once.
+
+Per loop: take over entries a dead consumer left pending, read new ones, compute per-sample
+importance grouped by (model version, task) at that version's parameters, add it to this worker's
+in-memory partial of the version, and every few reads commit partials and acknowledgements in one
+atomic step (`OmegaStore.commit`). Entries that cannot be decoded, or that keep failing, go to the
+dead-letter stream with the reason. Several workers share one consumer group; Ω is their merged
+partials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from typing import Final
+
+import redis
+import torch
+from prometheus_client import Counter, Gauge, start_http_server
+
+from mas.accumulator import ImportanceAccumulator
+from mas.importance import importance_sums
+from mas.importance_stats import layer_summary
+from mas.model import MultiHeadNet
+from mas.store.keys import Keys
+from mas.store.omega import OmegaStore
+from mas.store.registry import ModelRegistry
+from mas.store.runtime import connect, resolve_device
+from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
+from mas.store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MODEL_CACHE_SIZE: Final = 4
+_GAUGE_INTERVAL_S: Final = 1.0
+
+SAMPLES_APPLIED = Counter(
+    "mas_importance_samples_applied", "Forwarded rows whose importance was committed to Ω."
+)
+BATCHES = Counter(
+    "mas_importance_batches", "Importance passes, one per (version, task) group of a read."
+)
+DEAD_LETTERED = Counter(
+    "mas_importance_dead_lettered",
+    "Stream entries moved to the dead-letter stream, by reason.",
+    ["reason"],
+)
+COMMIT_CONFLICTS = Counter(
+    "mas_importance_commit_conflicts",
+    "Checkpoints refused because another consumer had reclaimed entries; the work is redone.",
+)
+STREAM_LENGTH = Gauge("mas_importance_stream_length", "Entries in the sample stream.")
+STREAM_PENDING = Gauge(
+    "mas_importance_stream_pending", "Entries delivered to a worker but not yet acknowledged."
+)
+STREAM_LAG = Gauge(
+    "mas_importance_stream_lag", "Entries not yet delivered to any worker (NaN: unknown)."
+)
+LAST_UPDATE = Gauge(
+    "mas_importance_last_update_timestamp_seconds", "Time of the last committed Ω checkpoint."
+)
+LAYER_MEAN = Gauge("mas_importance_layer_mean", "Mean Ω of the current version.", ["layer"])
+LAYER_MAX = Gauge("mas_importance_layer_max", "Largest Ω of the current version.", ["layer"])
+LAYER_DRIFT = Gauge(
+    "mas_importance_layer_drift",
+    "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the current version against its task-boundary Ω.",
+    ["layer"],
+)
+_LAYER_GAUGES: Final = {"mean": LAYER_MEAN, "max": LAYER_MAX, "drift": LAYER_DRIFT}
+
+
+class ImportanceWorker:
+    """`worker_id` names the Ω partial (stable across restarts, unique among live workers);
+    `consumer` names the stream consumer (new per process, so a restart reclaims the old one's
+    pending entries once they are `claim_min_idle_ms` idle)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        keys: Keys,
+        registry: ModelRegistry,
+        *,
+        worker_id: str,
+        consumer: str,
+        device: str | torch.device = "cpu",
+        read_count: int = 64,
+        block_ms: int = 1000,
+    ) -> None:
+        self._settings = settings
+        self._stream = SampleStream(redis_client, keys, settings.stream_maxlen)
+        self._omega = OmegaStore(redis_client, keys)
+        self._registry = registry
+        self.worker_id = worker_id
+        self.consumer = consumer
+        self._device = torch.device(device)
+        self._read_count = read_count
+        self._block_ms = block_ms
+        self._models: OrderedDict[int, MultiHeadNet] = OrderedDict()
+        self._boundaries: dict[int, dict[str, torch.Tensor] | None] = {}
+        # Uncommitted work: whole partials of the touched versions, the rows each task added to
+        # them, and the entries they include.
+        self._accumulators: dict[int, ImportanceAccumulator] = {}
+        self._task_counts: defaultdict[int, defaultdict[str, int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
+        self._uncommitted: set[str] = set()
+        self._reads_since_commit = 0
+        self._gauges_at = -_GAUGE_INTERVAL_S
+        self._layers_version: int | None = None
+        self._layers_stale = True
+        self._stream.ensure_group()
+
+    def run_once(self) -> int:
+        """One read (blocking up to block_ms when there is nothing to claim); returns the rows
+        added to Ω in memory, committed now or at a later checkpoint."""
+        entries = self._stream.claim_stale(
+            self.consumer, self._settings.claim_min_idle_ms, self._read_count
+        )
+        if len(entries) < self._read_count:
+            block_ms = None if entries else self._block_ms
+            entries += self._stream.read(self.consumer, self._read_count - len(entries), block_ms)
+        # An entry can arrive twice in one loop (claimed, then in this consumer's backlog) and
+        # again later while applied but uncommitted (reclaimed from itself): apply it once.
+        fresh = list(
+            {e.entry_id: e for e in entries if e.entry_id not in self._uncommitted}.values()
+        )
+        applied = self._apply(fresh)
+        if fresh:
+            self._reads_since_commit += 1
+        if not fresh or self._reads_since_commit >= self._settings.checkpoint_every:
+            self.checkpoint()
+        self._refresh_gauges()
+        return applied
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Until stop_event is set; the batch in hand is finished and committed before returning."""
+        while not stop_event.is_set():
+            try:
+                self.run_once()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                stop_event.wait(1.0)
+        self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Commits uncommitted work. On a conflict, drops it: the partials are reloaded from Redis
+        on next use and this consumer's still-pending entries are read again."""
+        if not self._uncommitted:
+            return True
+        rows = sum(sum(tasks.values()) for tasks in self._task_counts.values())
+        committed = self._omega.commit(
+            {version: self._accumulators[version] for version in self._task_counts},
+            {version: dict(tasks) for version, tasks in self._task_counts.items()},
+            self.worker_id,
+            self.consumer,
+            sorted(self._uncommitted),
+        )
+        if committed:
+            SAMPLES_APPLIED.inc(rows)
+            LAST_UPDATE.set_to_current_time()
+            self._layers_stale = True
+            for version in self._accumulators.keys() - self._models.keys():
+                del self._accumulators[version]
+        else:
+            COMMIT_CONFLICTS.inc()
+            log.warning(
+                "checkpoint refused (entries reclaimed or partial moved on); redoing %d rows", rows
+            )
+            self._accumulators.clear()
+            self._stream.rewind(self.consumer)
+        self._task_counts.clear()
+        self._uncommitted.clear()
+        self._reads_since_commit = 0
+        return committed
+
+    def _apply(self, entries: list[StreamEntry]) -> int:
+        groups: dict[tuple[int, str, tuple[int, ...]], list[tuple[StreamEntry, SampleEntry]]] = {}
+        limit = self._settings.dead_letter_after
+        for entry in entries:
+            if entry.deliveries is not None and entry.deliveries > limit:
+                self._dead_letter(entry, "retries_exhausted", f"delivered {entry.deliveries} times")
+                continue
+            try:
+                sample = decode(entry)
+            except CorruptSample as exc:
+                self._dead_letter(entry, "corrupt", str(exc))
+                continue
+            key = (sample.version, sample.task, tuple(sample.inputs.shape[1:]))
+            groups.setdefault(key, []).append((entry, sample))
+        return sum(self._apply_group(v, task, group) for (v, task, _), group in groups.items())
+
+    def _apply_group(
+        self, version: int, task: str, group: list[tuple[StreamEntry, SampleEntry]]
+    ) -> int:
+        inputs = torch.cat([sample.inputs for _, sample in group])
+        try:
+            sums = importance_sums(
+                self._model(version),
+                inputs.to(self._device),
+                task=task,
+                method=self._settings.importance_method,
+                batch_size=self._settings.importance_batch,
+            )
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            # Left pending, the entries come back through claim_stale after claim_min_idle_ms.
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("version %d task %r: %s", version, task, reason)
+            for entry, _ in group:
+                if (entry.deliveries or 0) >= self._settings.dead_letter_after:
+                    self._dead_letter(entry, "failed", reason)
+            return 0
+        # float64 running sums: in float32 one sample's share is lost once ~10⁷ are summed.
+        sums64 = {name: value.to("cpu", torch.float64) for name, value in sums.items()}
+        self._accumulator(version).add(sums64, inputs.shape[0])
+        self._task_counts[version][task] += inputs.shape[0]
+        self._uncommitted.update(entry.entry_id for entry, _ in group)
+        BATCHES.inc()
+        return inputs.shape[0]
+
+    def _dead_letter(self, entry: StreamEntry, kind: str, reason: str) -> None:
+        log.warning("dead-lettering %s (%s): %s", entry.entry_id, kind, reason)
+        self._stream.dead_letter(entry.entry_id, entry.fields, f"{kind}: {reason}")
+        DEAD_LETTERED.labels(reason=kind).inc()
+
+    def _model(self, version: int) -> MultiHeadNet:
+        """Versions are immutable, so a cached model never goes stale."""
+        if version in self._models:
+            self._models.move_to_end(version)
+        else:
+            self._models[version] = self._registry.load(version, self._device).model
+            if len(self._models) > _MODEL_CACHE_SIZE:
+                self._models.popitem(last=False)
+        return self._models[version]
+
+    def _accumulator(self, version: int) -> ImportanceAccumulator:
+        """Continues this worker's committed partial, so a restart with the same id adds to it."""
+        if version not in self._accumulators:
+            partial = self._omega.load_partial(version, self.worker_id)
+            self._accumulators[version] = ImportanceAccumulator() if partial is None else partial
+        return self._accumulators[version]
+
+    def _refresh_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._gauges_at < _GAUGE_INTERVAL_S:
+            return
+        self._gauges_at = now
+        stats = self._stream.stats()
+        STREAM_LENGTH.set(stats["length"])
+        STREAM_PENDING.set(stats["pending"])
+        STREAM_LAG.set(float("nan") if stats["lag"] is None else stats["lag"])
+        version = self._registry.current_version()
+        if version is not None and (self._layers_stale or version != self._layers_version):
+            self._refresh_layers(version)
+
+    def _refresh_layers(self, version: int) -> None:
+        merged = self._omega.merged(version)
+        if merged is None or merged.count == 0:
+            return
+        if version not in self._boundaries:
+            self._boundaries[version] = self._registry.extra_tensors(version, "omega_boundary")
+        summary = layer_summary(merged.mean(), self._boundaries[version])
+        if version != self._layers_version:
+            for gauge in _LAYER_GAUGES.values():
+                gauge.clear()
+        for layer, values in summary.items():
+            for stat, gauge in _LAYER_GAUGES.items():
+                if values[stat] is not None:
+                    gauge.labels(layer=layer).set(values[stat])
+        self._layers_version = version
+        self._layers_stale = False
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--worker-id",
+        default=socket.gethostname(),
+        help="Id of this worker's Ω partial: keep it across restarts, unique among live workers.",
+    )
+    parser.add_argument(
+        "--consumer",
+        default=None,
+        help="Stream consumer name (default: <worker-id>-<random>, new for every process).",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    client, server = connect(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        keys = Keys(settings.key_prefix)
+        worker = ImportanceWorker(
+            settings,
+            client,
+            keys,
+            ModelRegistry(client, keys, settings.models_dir),
+            worker_id=args.worker_id,
+            consumer=args.consumer or f"{args.worker_id}-{uuid.uuid4().hex[:8]}",
+            device=resolve_device(settings.device),
+        )
+        if settings.importance_metrics_port:
+            start_http_server(settings.importance_metrics_port)
+        log.info("importance worker %s (consumer %s) started", worker.worker_id, worker.consumer)
+        worker.run_forever(stop)
+        log.info("importance worker %s stopped", worker.worker_id)
+    finally:
+        client.close()
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="mas-stream worker importance", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
