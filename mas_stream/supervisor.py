@@ -7,7 +7,6 @@ started again with exponential backoff, and SIGTERM or Ctrl-C stops them all, th
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from mas.store.redis_server import EmbeddedRedis
+from mas.store.runtime import is_loopback
 from mas.store.settings import Settings
 
 log = logging.getLogger("mas_stream.supervisor")
@@ -48,15 +48,6 @@ class Child:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def children() -> list[Child]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import redis
 import torch
 
@@ -18,17 +20,32 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def connect(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
-    """REDIS_URL, else the embedded server under the data directory: reused when another process
-    (the supervisor, the API) already runs it, started here (and stopped by the caller) if not."""
-    if settings.redis_url:
-        return redis_client(settings.redis_url), None
-    server = EmbeddedRedis(settings.data_dir / "redis")
-    client = redis_client(server.url)
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        client.ping()
-        return client, None
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """REDIS_URL, else the embedded server under the data directory: reused when another process
+    (the supervisor, the API, a worker) already runs it, else started here and returned so the
+    caller stops it on exit."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    server = EmbeddedRedis(settings.data_dir / "redis")
+    probe = redis_client(server.url, timeout=1.0)
+    try:
+        probe.ping()
+        return server.url, None
     except (redis.ConnectionError, FileNotFoundError):
-        client.close()
-    server.start()
-    return redis_client(server.url), server
+        return server.start(), server
+    finally:
+        probe.close()
+
+
+def connect(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
+    url, server = redis_url(settings)
+    return redis_client(url), server

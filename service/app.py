@@ -1,0 +1,83 @@
+"""The FastAPI application: `create_app(settings)` builds one, with its own metrics registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import version as package_version
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from mas.store.settings import Settings
+from service.context import build_runtime
+from service.errors import install_error_handlers
+from service.intake import TaskUpload
+from service.limits import BodySizeLimit
+from service.metrics import HttpMetricsMiddleware, RuntimeCollector, ServiceMetrics
+from service.routes import health, importance, jobs, models, oip, predict, tasks
+
+DESCRIPTION = """\
+Serves a continually learning model, learns from its traffic which parameters matter (Memory
+Aware Synapses), and trains new tasks POSTed to `/v1/tasks` without forgetting the old ones.
+Every error is `{"error": {"field", "message"}}` (on `/v2`: `{"error": "<field>: <message>"}`).
+"""
+
+# Bodies that routes read themselves (multi-format or binary) and describe by reference.
+HAND_PARSED_BODIES: tuple[type[BaseModel], ...] = (TaskUpload, oip.InferRequest)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings, metrics.batch_size.observe)
+        runtime.start()
+        app.state.runtime = runtime
+        metrics.attach(
+            RuntimeCollector(runtime.served, runtime.forwarder, runtime.jobs, runtime.importance)
+        )
+        try:
+            yield
+        finally:
+            metrics.detach()
+            await runtime.stop()
+
+    app = FastAPI(
+        title="mas-stream",
+        version=package_version("mas-stream"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    for module in (predict, oip, tasks, jobs, models, importance, health):
+        app.include_router(module.router)
+    app.openapi = _openapi_with_schemas(app, HAND_PARSED_BODIES)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_schemas(
+    app: FastAPI, extra: tuple[type[BaseModel], ...]
+) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI caches the schema it generates; the extra models are added to it once."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in extra:
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(definition.pop("$defs", {}))
+            schemas[model.__name__] = definition
+        return schema
+
+    return openapi

@@ -1,0 +1,150 @@
+"""Micro-batching: concurrent requests for one (version, task) share one forward pass.
+
+Requests queue on the event loop; one collector coroutine gathers what is waiting (at most
+`max_batch` rows, waiting at most `max_wait_ms` for batch-mates) and runs the forward passes on a
+single worker thread, so the event loop never computes and torch never competes with itself.
+While a forward runs, new requests pile up and form the next, larger batch: under load the
+batches grow by themselves. Each request carries the LoadedVersion it was validated against, so
+a request admitted before a swap is answered by the old version, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import mas
+from mas.store.registry import LoadedVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    loaded: LoadedVersion
+    task: str
+    inputs: torch.Tensor
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.loaded.version, self.task
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_ms: float,
+        on_forward: Callable[[int], None] = lambda rows: None,
+    ) -> None:
+        self._max_batch = max(1, max_batch)
+        self._max_wait = max(0.0, max_wait_ms) / 1000.0
+        self._on_forward = on_forward
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mas-forward")
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._held: _Request | None = None  # took a request that did not fit; it goes next
+        self._collector: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+
+    async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        held = [self._held] if self._held is not None else []
+        _fail_unanswered([*held, *_drain(self._queue)])
+        self._executor.shutdown(wait=True)
+
+    async def predict(self, loaded: LoadedVersion, task: str, inputs: torch.Tensor) -> np.ndarray:
+        """Softmax probabilities [n, classes] for `inputs` [n, *input_shape] (float32, CPU)."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(loaded, task, inputs, future))
+        return await future
+
+    async def _collect_forever(self) -> None:
+        while True:
+            batch: list[_Request] = []
+            try:
+                await self._collect(batch)
+                await self._answer(batch)
+            finally:
+                _fail_unanswered(batch)  # only when cancelled part-way (shutdown)
+
+    async def _answer(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        groups: dict[tuple[int, str], list[_Request]] = defaultdict(list)
+        for request in batch:
+            if not request.future.done():  # a client that went away is not computed for
+                groups[request.key].append(request)
+        for requests in groups.values():
+            try:
+                results = await loop.run_in_executor(self._executor, self._forward, requests)
+            except Exception as error:
+                log.exception("forward pass failed")
+                for request in requests:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                continue
+            for request, result in zip(requests, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result(result)
+
+    async def _collect(self, batch: list[_Request]) -> None:
+        """Whole requests, as many as fit in max_batch rows (one oversized request goes alone).
+        Fills `batch` in place, so a shutdown part-way still sees whom to answer."""
+        first, self._held = self._held or await self._queue.get(), None
+        batch.append(first)
+        rows = len(first.inputs)
+        deadline = asyncio.get_running_loop().time() + self._max_wait
+        while rows < self._max_batch:
+            if not self._queue.empty():
+                candidate = self._queue.get_nowait()
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        candidate = await self._queue.get()
+                except TimeoutError:
+                    break
+            if rows + len(candidate.inputs) > self._max_batch:
+                self._held = candidate
+                break
+            batch.append(candidate)
+            rows += len(candidate.inputs)
+
+    def _forward(self, requests: list[_Request]) -> list[np.ndarray]:
+        """Runs on the worker thread; splits rows beyond max_batch into several passes."""
+        model, task = requests[0].loaded.model, requests[0].task
+        chunks = []
+        for chunk in torch.cat([request.inputs for request in requests]).split(self._max_batch):
+            chunks.append(mas.predict_proba(model, task, chunk))
+            self._on_forward(len(chunk))
+        probabilities = torch.cat(chunks).numpy()
+        bounds = np.cumsum([len(request.inputs) for request in requests])[:-1]
+        return np.split(probabilities, bounds)
+
+
+def _fail_unanswered(requests: list[_Request]) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(RuntimeError("the service is shutting down"))
+
+
+def _drain(queue: asyncio.Queue[_Request]) -> list[_Request]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

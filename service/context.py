@@ -1,0 +1,111 @@
+"""Everything a request handler needs, built once per app from the settings, torn down with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from mas.store.datasets import DatasetStore
+from mas.store.jobs import JobQueue
+from mas.store.keys import Keys
+from mas.store.omega import OmegaStore
+from mas.store.redis_server import redis_client
+from mas.store.registry import ModelRegistry
+from mas.store.runtime import resolve_device
+from mas.store.samples import SampleStream
+from mas.store.settings import Settings
+from service.batcher import MicroBatcher
+from service.forwarder import SampleForwarder
+from service.importance import ImportanceView
+from service.inference import Inference
+from service.intake import TaskIntake
+from service.state import ServedModel
+
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    registry: ModelRegistry
+    jobs: JobQueue
+    datasets: DatasetStore
+    omega: OmegaStore
+    served: ServedModel
+    forwarder: SampleForwarder
+    batcher: MicroBatcher
+    inference: Inference
+    intake: TaskIntake
+    importance: ImportanceView
+
+    def start(self) -> None:
+        """Needs the running event loop (the batcher's collector lives on it)."""
+        self.served.start()
+        self.forwarder.start()
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.forwarder.stop()
+        self.served.stop()
+        self.redis.close()
+
+
+def fail_fast_redis(url: str) -> redis.Redis:
+    """One quick retry (a pooled connection may be stale after a Redis restart), not redis-py's
+    default ten, so an admin request, a probe or a scrape answers promptly while Redis is away."""
+    client = redis_client(url, timeout=REDIS_TIMEOUT_SECONDS)
+    client.set_retry(Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1))
+    return client
+
+
+def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runtime:
+    if not settings.redis_url:
+        raise ValueError("settings.redis_url must be set (service.main starts an embedded Redis)")
+    keys = Keys(settings.key_prefix)
+    client = fail_fast_redis(settings.redis_url)
+    registry = ModelRegistry(client, keys, settings.models_dir)
+    jobs = JobQueue(client, keys)
+    datasets = DatasetStore(client, keys, settings.datasets_dir)
+    served = ServedModel(
+        registry,
+        client,
+        keys,
+        poll_seconds=settings.model_poll_seconds,
+        device=resolve_device(settings.device),
+    )
+    forwarder = SampleForwarder(
+        SampleStream(client, keys, settings.stream_maxlen),
+        sample_rate=settings.sample_rate,
+        capacity=settings.sample_buffer,
+    )
+    batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms, on_forward)
+    omega = OmegaStore(client, keys)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        registry=registry,
+        jobs=jobs,
+        datasets=datasets,
+        omega=omega,
+        served=served,
+        forwarder=forwarder,
+        batcher=batcher,
+        inference=Inference(served, batcher, forwarder),
+        intake=TaskIntake(settings, served, datasets, jobs),
+        importance=ImportanceView(registry, omega, served),
+    )
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -1,0 +1,51 @@
+"""The served version's Ω as per-layer numbers, for /v1/importance and for the Prometheus scrape.
+
+Ω lives in Redis as one partial per importance worker; merging and summarising them costs a
+decode of every partial, so the summary is recomputed only when the counted samples (or the
+served version) change, and a scrape in between is a single small Redis read.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from mas.importance_stats import layer_summary
+from mas.store.omega import OmegaStore
+from mas.store.registry import ModelRegistry
+from service.state import ServedModel
+
+BOUNDARY_TENSORS = "omega_boundary"
+
+LayerSummary = dict[str, dict[str, float | None]]
+
+
+class ImportanceView:
+    def __init__(self, registry: ModelRegistry, omega: OmegaStore, served: ServedModel) -> None:
+        self._registry = registry
+        self._omega = omega
+        self._served = served
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, int], LayerSummary] | None = None
+
+    def counts(self, version: int) -> dict[str, Any]:
+        counts = self._omega.counts(version)
+        return {"version": version, "samples": counts["total"], "tasks": counts["tasks"]}
+
+    def layers(self) -> LayerSummary:
+        """{layer: {mean, max, drift}} of the served version; drift against the Ω consolidated at
+        its task boundary (None without one); empty before any sample was counted."""
+        loaded = self._served.current
+        if loaded is None:
+            return {}
+        key = (loaded.version, int(self._omega.counts(loaded.version)["total"]))
+        with self._lock:
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
+            merged = self._omega.merged(loaded.version)
+            summary: LayerSummary = {}
+            if merged is not None and merged.count > 0:
+                reference = self._registry.extra_tensors(loaded.version, BOUNDARY_TENSORS)
+                summary = layer_summary(merged.mean(), reference)
+            self._cached = (key, summary)
+            return summary

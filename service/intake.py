@@ -1,0 +1,152 @@
+"""New tasks over HTTP: everything is checked before anything is written.
+
+Order: name, then "is it new", then the data (parsed without unpickling, validated against the
+served model's input shape), then the held-out split. Only then is the dataset stored and the
+job queued, so a refused upload leaves no dataset and no job behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas.store.datasets import DatasetStore, parse_dataset_file, split_holdout
+from mas.store.jobs import JobQueue
+from mas.store.settings import Settings
+from service.errors import ApiError
+from service.state import ServedModel
+
+# Where the core's field names ("x", "y", "label") are, in each kind of upload.
+JSON_FIELDS = {"x": "inputs", "y": "labels"}
+FILE_FIELDS = {"x": "file.x", "y": "file.y", "label": "file.label"}
+
+
+class TrainingOptions(BaseModel):
+    """Optional per-task settings; what is left out comes from the trainer's settings."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs.")
+    lambda_: float | None = Field(
+        None, alias="lambda", ge=0, allow_inf_nan=False, description="MAS penalty strength λ."
+    )
+    holdout_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of each class held out for evaluation."
+    )
+    num_classes: int | None = Field(
+        None, ge=1, le=100_000, description="Classes of the task (default: largest label + 1)."
+    )
+
+    def job_params(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class TaskUpload(TrainingOptions):
+    """The JSON form of POST /v1/tasks, for small datasets."""
+
+    name: str = Field(description="Task name: letters, digits, '-' and '_'.")
+    inputs: list[Any] = Field(description="Rows, flattened or nested to the model's input shape.")
+    labels: list[Any] = Field(description="One integer class label per row.")
+
+
+@contextlib.contextmanager
+def fields_named(mapping: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise the core's data errors under the name the client used for the field."""
+    try:
+        yield
+    except DataValidationError as error:
+        raise DataValidationError(mapping.get(error.field, error.field), error.problem) from None
+
+
+class TaskIntake:
+    def __init__(
+        self,
+        settings: Settings,
+        served: ServedModel,
+        datasets: DatasetStore,
+        jobs: JobQueue,
+    ) -> None:
+        self._settings = settings
+        self._served = served
+        self._datasets = datasets
+        self._jobs = jobs
+        # Check-then-store must not interleave for one name within this process.
+        self._lock = threading.Lock()
+
+    def submit_file(
+        self, name: object, filename: str, content: bytes, options: TrainingOptions
+    ) -> str:
+        def parse() -> tuple[np.ndarray, np.ndarray]:
+            with fields_named(FILE_FIELDS):
+                return parse_dataset_file(filename, content)
+
+        return self._submit(name, parse, FILE_FIELDS, options, source=filename)
+
+    def submit_json(self, upload: TaskUpload) -> str:
+        return self._submit(
+            upload.name, lambda: (upload.inputs, upload.labels), JSON_FIELDS, upload, source="json"
+        )
+
+    def _submit(
+        self,
+        name: object,
+        read: Callable[[], tuple[Any, Any]],
+        fields: Mapping[str, str],
+        options: TrainingOptions,
+        source: str,
+    ) -> str:
+        """Returns the job id."""
+        task = validate_task_name(name)
+        with self._lock:
+            self._refuse_existing(task)
+            x, y = read()
+            with fields_named(fields):
+                inputs, labels = validate_task_arrays(
+                    x, y, num_classes=self._num_classes(options), input_shape=self._input_shape()
+                )
+            fraction = options.holdout_fraction or self._settings.holdout_fraction
+            x_train, y_train, x_holdout, y_holdout = split_holdout(
+                inputs.numpy(), labels.numpy(), fraction, self._settings.seed
+            )
+            if len(y_holdout) == 0:
+                raise ApiError(
+                    422,
+                    fields["y"],
+                    "too few rows to hold any out for evaluation: give some class two rows or more",
+                )
+            meta: dict[str, Any] = {"source": source, "holdout_fraction": fraction}
+            if options.num_classes is not None:
+                meta["num_classes"] = options.num_classes
+            self._datasets.save(task, x_train, y_train, x_holdout, y_holdout, meta)
+            return self._jobs.submit(task, options.job_params())
+
+    def _refuse_existing(self, task: str) -> None:
+        loaded = self._served.current
+        if self._datasets.exists(task) or (loaded is not None and task in loaded.model.tasks):
+            raise ApiError(409, "name", f"task {task!r} already exists; choose another name")
+
+    def _input_shape(self) -> list[int] | None:
+        """The served model's, else the first stored dataset's (its model may still be training)."""
+        loaded = self._served.current
+        if loaded is not None:
+            return loaded.model.input_shape
+        names = self._datasets.names()
+        return self._datasets.meta(names[0])["input_shape"] if names else None
+
+    def _num_classes(self, options: TrainingOptions) -> int | None:
+        """Labels must fit the declared classes, and the shared head when there is one."""
+        loaded = self._served.current
+        spec = loaded.model.spec if loaded is not None else None
+        shared = (spec or {}).get("head_mode", self._settings.head_mode) == "shared"
+        limit = int((spec or {}).get("shared_classes", self._settings.shared_classes))
+        if not shared:
+            return options.num_classes
+        if options.num_classes is not None and options.num_classes > limit:
+            raise ApiError(422, "num_classes", f"the shared head has only {limit} classes")
+        return options.num_classes or limit

@@ -1,0 +1,48 @@
+"""`mas-stream api`: the HTTP API alone (uvicorn), on REDIS_URL or an embedded Redis."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from mas.store.runtime import is_loopback, redis_url
+from mas.store.settings import Settings
+from service.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="Listen address (default: MAS_HOST).")
+    parser.add_argument("--port", type=int, default=None, help="Listen port (default: MAS_PORT).")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name, None) for name in ("host", "port")}
+    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+    embedded = None
+    if not settings.redis_url:
+        url, embedded = redis_url(settings)
+        settings = settings.model_copy(update={"redis_url": url})
+    _warn_if_open(settings)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if settings.admin_token:
+        return
+    loopback = is_loopback(settings.host)
+    log.warning(
+        "no admin token (MAS_ADMIN_TOKEN): task upload, job cancel and model activation are open "
+        "to anyone who can reach %s:%d%s",
+        settings.host,
+        settings.port,
+        "" if loopback else " -- this is not a loopback address",
+    )

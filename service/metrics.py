@@ -1,0 +1,206 @@
+"""Prometheus metrics of one app instance, in a registry of its own (tests build several apps).
+
+Request counters and histograms are updated as requests pass. Everything that describes state
+(buffer, served version, jobs, counted importance samples) is read when Prometheus scrapes, so
+nothing on the request path touches it and the numbers are never stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mas.store.jobs import JobQueue
+from service.forwarder import SampleForwarder
+from service.importance import ImportanceView
+from service.state import ServedModel
+
+log = logging.getLogger(__name__)
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+JOBS_SCANNED = 1000
+LAYER_SERIES = {
+    "mean": "Mean Ω of the served version, per layer.",
+    "max": "Largest Ω of the served version, per layer.",
+    "drift": "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the served version, per layer.",
+}
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mas_http_requests",
+            "HTTP requests by route template, method and status class.",
+            ["route", "method", "status_class"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "mas_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "mas_predict_batch_size",
+            "Rows per forward pass after micro-batching.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._runtime: RuntimeCollector | None = None
+
+    def attach(self, collector: RuntimeCollector) -> None:
+        self.detach()
+        self.registry.register(collector)
+        self._runtime = collector
+
+    def detach(self) -> None:
+        if self._runtime is not None:
+            self.registry.unregister(self._runtime)
+            self._runtime = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RuntimeCollector(Collector):
+    """State read at scrape time. Redis-backed series are left out while Redis is unreachable."""
+
+    def __init__(
+        self,
+        served: ServedModel,
+        forwarder: SampleForwarder,
+        jobs: JobQueue,
+        importance: ImportanceView,
+    ) -> None:
+        self._served = served
+        self._forwarder = forwarder
+        self._jobs = jobs
+        self._importance = importance
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._sample_metrics()
+        yield from self._model_metrics()
+        try:
+            redis_series, redis_up = [*self._job_metrics(), *self._importance_metrics()], 1
+        except (redis.RedisError, OSError) as error:
+            log.warning("metrics: Redis-backed series skipped (%s)", error)
+            redis_series, redis_up = [], 0
+        yield GaugeMetricFamily(
+            "mas_redis_up", "1 when this scrape could read Redis.", value=redis_up
+        )
+        yield from redis_series
+
+    def _sample_metrics(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "mas_samples_forwarded",
+            "Input rows written to the sample stream.",
+            value=self._forwarder.forwarded,
+        )
+        dropped = CounterMetricFamily(
+            "mas_samples_dropped", "Sampled input rows not forwarded, by reason.", labels=["reason"]
+        )
+        for reason, count in self._forwarder.dropped().items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield GaugeMetricFamily(
+            "mas_samples_buffered",
+            "Sampled rows waiting in memory for the stream.",
+            value=self._forwarder.buffered,
+        )
+
+    def _model_metrics(self) -> Iterable[Metric]:
+        loaded = self._served.current
+        yield GaugeMetricFamily(
+            "mas_model_version",
+            "Model version being served (0 before the first one).",
+            value=loaded.version if loaded else 0,
+        )
+        yield CounterMetricFamily(
+            "mas_model_swaps", "Times the served version changed.", value=self._served.swaps
+        )
+        accuracy = GaugeMetricFamily(
+            "mas_model_task_accuracy",
+            "Held-out accuracy of the served version per task, from its manifest.",
+            labels=["task"],
+        )
+        if loaded is not None:
+            for task, value in _task_accuracy(loaded.manifest).items():
+                accuracy.add_metric([task], float(value))
+        yield accuracy
+
+    def _job_metrics(self) -> list[Metric]:
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        for job in self._jobs.list(JOBS_SCANNED):
+            status = str(job.get("status"))
+            counts[status] = counts.get(status, 0) + 1
+        jobs = GaugeMetricFamily(
+            "mas_jobs", f"Training jobs by status (latest {JOBS_SCANNED}).", labels=["status"]
+        )
+        for status, count in counts.items():
+            jobs.add_metric([status], count)
+        return [jobs]
+
+    def _importance_metrics(self) -> list[Metric]:
+        """The served version's: samples counted by task, and Ω per layer (same names as the
+        importance worker's gauges, so /metrics alone shows what the traffic protects)."""
+        samples = GaugeMetricFamily(
+            "mas_importance_samples",
+            "Samples counted into the importance of the served version, by task.",
+            labels=["task"],
+        )
+        layer_families = {
+            stat: GaugeMetricFamily(f"mas_importance_layer_{stat}", description, labels=["layer"])
+            for stat, description in LAYER_SERIES.items()
+        }
+        loaded = self._served.current
+        if loaded is not None:
+            for task, count in self._importance.counts(loaded.version)["tasks"].items():
+                samples.add_metric([task], float(count))
+            for layer, values in self._importance.layers().items():
+                for stat, family in layer_families.items():
+                    if values[stat] is not None:
+                        family.add_metric([layer], float(values[stat]))
+        return [samples, *layer_families.values()]
+
+
+def _task_accuracy(manifest: dict[str, Any]) -> dict[str, float]:
+    return dict((manifest.get("metrics") or {}).get("accuracy") or {})
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every request under its route template, never its raw path."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, f"{status // 100}xx").inc()
+            self.metrics.duration.labels(route, method).observe(time.perf_counter() - started)

@@ -1,0 +1,26 @@
+"""What the traffic taught the importance worker: samples counted, per-layer Ω and its drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.context import RuntimeDep
+
+router = APIRouter(prefix="/v1/importance", tags=["importance"])
+
+
+@router.get("")
+def importance(runtime: RuntimeDep) -> dict[str, Any]:
+    """`versions`: per model version, how many served inputs Ω has counted (`samples`, and by
+    task). `layers`: mean and max of the served version's Ω per layer, and its drift against the
+    Ω consolidated at that version's task boundary (null when there is no reference yet)."""
+    versions = {int(m["version"]) for m in runtime.registry.list_versions()}
+    versions.update(runtime.omega.versions())
+    loaded = runtime.served.current
+    return {
+        "served_version": loaded.version if loaded else None,
+        "versions": [runtime.importance.counts(version) for version in sorted(versions)],
+        "layers": runtime.importance.layers(),
+    }

@@ -1,0 +1,264 @@
+"""Open Inference Protocol v2 (KServe / Triton REST), so existing OIP clients work unmodified.
+
+One model, named by `settings.model_name`; its version is the served model version. One input
+tensor [n, *input_shape] (FP32 or FP64); outputs "probabilities" (FP32 [n, classes]) and
+"predictions" (INT64 [n]). The task goes in the request's `parameters` ({"task": ...}). Tensor
+data may be JSON or the binary tensor data extension (Inference-Header-Content-Length).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from mas.store.registry import LoadedVersion
+from service.context import Runtime, RuntimeDep
+from service.errors import ApiError, parse_json, parse_model
+from service.inference import Prediction
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+OUTPUT_TYPES = {
+    "probabilities": ("FP32", np.dtype("<f4")),
+    "predictions": ("INT64", np.dtype("<i8")),
+}
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description='{"task": "<task name>"}')
+    inputs: list[InferInput]
+    outputs: list[RequestedOutput] | None = None
+
+
+def _check_name(runtime: Runtime, name: str) -> None:
+    if name != runtime.settings.model_name:
+        raise ApiError(
+            404, "model_name", f"unknown model {name!r}; served: {runtime.settings.model_name!r}"
+        )
+
+
+def _served_model(runtime: Runtime, name: str, version: str | None) -> LoadedVersion:
+    _check_name(runtime, name)
+    if version is not None and not version.isdigit():
+        raise ApiError(404, "model_version", f"{version!r} is not a version number")
+    requested = None if version is None else int(version)
+    return runtime.inference.served_version(requested, field="model_version")
+
+
+@router.get("")
+def server_metadata() -> dict[str, Any]:
+    return {
+        "name": "mas-stream",
+        "version": package_version("mas-stream"),
+        "extensions": ["binary_tensor_data"],
+    }
+
+
+@router.get("/health/live")
+def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={400: {"description": "Not ready: no model yet"}})
+def server_ready(runtime: RuntimeDep) -> JSONResponse:
+    ready = runtime.served.current is not None
+    return JSONResponse({"ready": ready}, 200 if ready else 400)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -> dict[str, Any]:
+    loaded = _served_model(runtime, name, version)
+    return {
+        "name": name,
+        "versions": [str(loaded.version)],
+        "platform": "pytorch",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *loaded.model.input_shape]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "predictions", "datatype": "INT64", "shape": [-1]},
+        ],
+        "parameters": {
+            "tasks": dict(loaded.model.tasks),
+            "default_task": next(reversed(loaded.model.tasks), None),
+        },
+    }
+
+
+@router.get("/models/{name}/ready", responses={400: {"description": "Not ready"}})
+@router.get(
+    "/models/{name}/versions/{version}/ready", responses={400: {"description": "Not ready"}}
+)
+def model_ready(name: str, runtime: RuntimeDep, version: str | None = None) -> JSONResponse:
+    _check_name(runtime, name)
+    loaded = runtime.served.current
+    ready = loaded is not None and version in (None, str(loaded.version))
+    return JSONResponse({"name": name, "ready": ready}, 200 if ready else 400)
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
+    }
+}
+
+
+@router.post("/models/{name}/infer", openapi_extra=_INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
+async def infer(
+    name: str, request: Request, runtime: RuntimeDep, version: str | None = None
+) -> Response:
+    loaded = _served_model(runtime, name, version)
+    body, binary = await _read_request(request)
+    parameters = body.parameters or {}
+    task = runtime.inference.task_of(loaded, parameters.get("task"), field="parameters.task")
+    if len(body.inputs) != 1:
+        raise ApiError(
+            422, "inputs", f"exactly one input tensor is expected, got {len(body.inputs)}"
+        )
+    values = _input_values(body.inputs[0], binary, loaded.model.input_shape)
+    batch = runtime.inference.batch(loaded, values, "inputs[0].data")
+    result = await runtime.inference.predict(loaded, task, batch)
+    return _response(name, body, result)
+
+
+async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
+    """The JSON header, and the binary tensor data after it when the extension is used."""
+    raw = await request.body()
+    header_length = request.headers.get(HEADER_LENGTH)
+    if header_length is None:
+        header, binary = raw, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(raw):
+            raise ApiError(
+                400,
+                HEADER_LENGTH,
+                f"must be the byte length of the JSON header (body is {len(raw)} bytes)",
+            )
+        header, binary = raw[: int(header_length)], raw[int(header_length) :]
+    return parse_model(InferRequest, parse_json(header)), binary
+
+
+def _input_values(tensor: InferInput, binary: bytes, input_shape: list[int]) -> np.ndarray:
+    """The tensor's numbers in its declared shape: [n, *input_shape], or rows flattened."""
+    dtype = INPUT_TYPES.get(tensor.datatype)
+    if dtype is None:
+        raise ApiError(
+            422,
+            "inputs[0].datatype",
+            f"must be one of {sorted(INPUT_TYPES)}, got {tensor.datatype!r}",
+        )
+    shape = tensor.shape
+    if (
+        not shape
+        or any(size < 0 for size in shape)
+        or (shape[1:] != input_shape and shape[1:] != [math.prod(input_shape)])
+    ):
+        raise ApiError(
+            422, "inputs[0].shape", f"must be [n, {', '.join(map(str, input_shape))}], got {shape}"
+        )
+    count = math.prod(shape)
+    binary_size = (tensor.parameters or {}).get("binary_data_size")
+    if binary_size is not None:
+        if (
+            not isinstance(binary_size, int)
+            or binary_size != count * dtype.itemsize
+            or binary_size > len(binary)
+        ):
+            raise ApiError(
+                422,
+                "inputs[0].parameters.binary_data_size",
+                f"must be {count * dtype.itemsize} ({tensor.datatype} {shape}), "
+                "and that many bytes must follow the JSON header",
+            )
+        # A copy: the request bytes are read-only, tensors made from them must not be.
+        return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape).copy()
+    if tensor.data is None:
+        raise ApiError(422, "inputs[0].data", "is missing")
+    try:
+        values = np.asarray(tensor.data)
+    except ValueError:
+        raise ApiError(422, "inputs[0].data", "must be a flat or nested list of numbers") from None
+    if values.size != count:
+        raise ApiError(
+            422, "inputs[0].data", f"has {values.size} values, shape {shape} needs {count}"
+        )
+    return values.reshape(shape)
+
+
+def _wants_binary(body: InferRequest, requested: RequestedOutput | None) -> bool:
+    if requested is not None:
+        return bool((requested.parameters or {}).get("binary_data", False))
+    return bool((body.parameters or {}).get("binary_data_output", False))
+
+
+def _response(name: str, body: InferRequest, result: Prediction) -> Response:
+    requested: list[tuple[str, RequestedOutput | None]]
+    if body.outputs is None:
+        requested = [(output, None) for output in OUTPUT_TYPES]
+    else:
+        requested = [(output.name, output) for output in body.outputs]
+    arrays = {"probabilities": result.probabilities, "predictions": result.predictions}
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for index, (output_name, output) in enumerate(requested):
+        if output_name not in OUTPUT_TYPES:
+            raise ApiError(
+                422,
+                f"outputs[{index}].name",
+                f"unknown output {output_name!r}; outputs: {list(OUTPUT_TYPES)}",
+            )
+        datatype, dtype = OUTPUT_TYPES[output_name]
+        array = arrays[output_name].astype(dtype)
+        entry: dict[str, Any] = {
+            "name": output_name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
+        if _wants_binary(body, output):
+            blob = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    payload: dict[str, Any] = {
+        "model_name": name,
+        "model_version": str(result.version),
+        "parameters": {"task": result.task},
+        "outputs": outputs,
+    }
+    if body.id is not None:
+        payload["id"] = body.id
+    if not blobs:
+        return JSONResponse(payload)
+    header = json.dumps(payload).encode()
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )

@@ -1,0 +1,49 @@
+"""POST /v1/predict: this service's own JSON protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.context import RuntimeDep
+
+router = APIRouter(tags=["predict"])
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = Field(None, description="Task head; default: the newest task served.")
+    inputs: list[Any] = Field(
+        description="Rows, each flattened or nested to the model's input shape.",
+        examples=[[[0.0, 0.5, 1.0]]],
+    )
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: int = Field(description="The version that computed these predictions.")
+    task: str
+    predictions: list[int] = Field(description="Most probable class per row.")
+    probabilities: list[list[float]] = Field(description="Softmax probabilities per row.")
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses={422: {"description": "Bad input"}, 503: {"description": "No model yet"}},
+)
+async def predict(body: PredictRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    inference = runtime.inference
+    loaded = inference.served_version()
+    task = inference.task_of(loaded, body.task)
+    result = await inference.predict(loaded, task, inference.batch(loaded, body.inputs, "inputs"))
+    return {
+        "model_version": result.version,
+        "task": result.task,
+        "predictions": result.predictions.tolist(),
+        "probabilities": result.probabilities.tolist(),
+    }

@@ -1,0 +1,214 @@
+"""Every class of bad input gets a 4xx naming the field at fault, and changes no state.
+
+State checked after each refusal: stored task datasets (Redis and disk), jobs (records and
+stream), forwarded samples, and the current-version pointer.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from mas.store.keys import Keys
+from mas.store.redis_server import redis_client
+from mas.store.settings import Settings
+from tests.api_support import api_settings, publish, rows, snapshot
+from tests.serving import run_api
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class Api:
+    base: str
+    settings: Settings
+    redis: redis.Redis
+    version: int
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Api]:
+    """One server for the module: every test here must leave its state as it found it."""
+    keys = Keys(prefix=f"test-bad-{uuid.uuid4().hex[:8]}")
+    settings = api_settings(
+        tmp_path_factory.mktemp("bad-input"), redis_url, keys, max_body_bytes=MAX_BODY
+    )
+    version = publish(settings, {"t0": 3})
+    client = redis_client(redis_url)
+    with run_api(settings) as base:
+        yield Api(base, settings, client, version)
+    client.close()
+
+
+@contextmanager
+def no_state_change(api: Api) -> Iterator[None]:
+    before = snapshot(api.settings, api.redis)
+    yield
+    time.sleep(0.1)  # room for a (wrongly) buffered sample to reach the stream
+    assert snapshot(api.settings, api.redis) == before
+
+
+def refused(response: httpx.Response, status: int, field: str) -> str:
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    if isinstance(error, str):  # the Open Inference Protocol's shape
+        assert error.startswith(f"{field}: "), error
+        return error
+    assert error["field"] == field, error
+    assert error["message"]
+    return error["message"]
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def upload(
+    api: Api, content: bytes, name: str = "fresh", filename: str = "d.npz", **form: str
+) -> httpx.Response:
+    files = {"file": (filename, content, "application/octet-stream")}
+    return httpx.post(f"{api.base}/v1/tasks", data={"name": name, **form}, files=files)
+
+
+def predict(api: Api, body: dict) -> httpx.Response:
+    return httpx.post(f"{api.base}/v1/predict", json=body)
+
+
+def infer(api: Api, inputs: list[dict], **extra: object) -> httpx.Response:
+    return httpx.post(f"{api.base}/v2/models/mas/infer", json={"inputs": inputs, **extra})
+
+
+def good_x(n: int = 20) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+
+
+def good_y(n: int = 20) -> np.ndarray:
+    return np.arange(n) % 2
+
+
+def test_wrong_shape(api: Api) -> None:
+    with no_state_change(api):
+        message = refused(predict(api, {"inputs": rows(2, width=5)}), 422, "inputs")
+        assert "[8]" in message
+        refused(predict(api, {"inputs": [1.0] * 8}), 422, "inputs")
+        tensor = {"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [0.0] * 5}
+        refused(infer(api, [tensor]), 422, "inputs[0].shape")
+        tensor = {"name": "input", "shape": [2, 8], "datatype": "FP32", "data": [0.0] * 8}
+        refused(infer(api, [tensor]), 422, "inputs[0].data")
+        refused(upload(api, npz(x=good_x()[:, :5], y=good_y())), 422, "file.x")
+        refused(upload(api, npz(x=good_x(), y=good_y(19))), 422, "file.y")
+
+
+def test_wrong_dtype_or_not_numbers(api: Api) -> None:
+    with no_state_change(api):
+        refused(predict(api, {"inputs": [["a"] * 8]}), 422, "inputs")
+        refused(predict(api, {"inputs": [[1.0] * 7 + [None]]}), 422, "inputs")
+        refused(predict(api, {"inputs": [[1.0] * 8, [1.0] * 7]}), 422, "inputs")
+        refused(predict(api, {"inputs": "not rows"}), 422, "inputs")
+        tensor = {"name": "input", "shape": [1, 8], "datatype": "INT8", "data": [0] * 8}
+        refused(infer(api, [tensor]), 422, "inputs[0].datatype")
+        body = {"name": "fresh", "inputs": good_x().tolist(), "labels": [0.5] * 20}
+        refused(httpx.post(f"{api.base}/v1/tasks", json=body), 422, "labels")
+        refused(upload(api, npz(x=good_x(), y=good_y()), epochs="many"), 422, "epochs")
+        refused(predict(api, {"inputs": rows(1), "tsak": "t0"}), 422, "tsak")
+
+
+def test_non_finite_numbers(api: Api) -> None:
+    with no_state_change(api):
+        nan = '{"inputs": [[1, 2, 3, 4, 5, 6, 7, NaN]]}'
+        headers = {"content-type": "application/json"}
+        post = httpx.post(f"{api.base}/v1/predict", content=nan, headers=headers)
+        assert "NaN" in refused(post, 422, "inputs")
+        huge = '{"inputs": [[1, 2, 3, 4, 5, 6, 7, 1e39]]}'  # finite in JSON, not in float32
+        refused(httpx.post(f"{api.base}/v1/predict", content=huge, headers=headers), 422, "inputs")
+        x = good_x()
+        x[3, 4] = np.inf
+        refused(upload(api, npz(x=x, y=good_y())), 422, "file.x")
+
+
+def test_unknown_task(api: Api) -> None:
+    with no_state_change(api):
+        message = refused(predict(api, {"task": "nope", "inputs": rows(1)}), 422, "task")
+        assert "t0" in message
+        tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+        refused(infer(api, [tensor], parameters={"task": "nope"}), 422, "parameters.task")
+        refused(httpx.get(f"{api.base}/v1/tasks/nope"), 404, "name")
+
+
+def test_empty_dataset(api: Api) -> None:
+    with no_state_change(api):
+        empty = npz(x=np.zeros((0, 8), np.float32), y=np.zeros(0, np.int64))
+        refused(upload(api, empty), 422, "file.x")
+        refused(upload(api, b""), 422, "file")
+        body = {"name": "fresh", "inputs": [], "labels": []}
+        refused(httpx.post(f"{api.base}/v1/tasks", json=body), 422, "inputs")
+        refused(upload(api, b"label\n", filename="d.csv"), 422, "file.x")
+
+
+def test_corrupt_dataset(api: Api) -> None:
+    with no_state_change(api):
+        refused(upload(api, b"PK\x03\x04 certainly not a zip"), 422, "file")
+        refused(upload(api, npz(x=good_x())), 422, "file.y")
+        pickled = npz(x=np.array([{"evil": 1}] * 20, dtype=object), y=good_y())
+        assert "pickle" in refused(upload(api, pickled), 422, "file.x")
+        refused(upload(api, b"a,label\n1,oops\n", filename="d.csv"), 422, "file.label")
+        refused(upload(api, b"x", filename="d.exe"), 422, "file")
+        refused(upload(api, npz(x=good_x(), y=good_y()), name="../etc"), 422, "name")
+
+
+def test_labels_out_of_range(api: Api) -> None:
+    with no_state_change(api):
+        y = good_y()
+        y[5] = 7
+        message = refused(upload(api, npz(x=good_x(), y=y), num_classes="3"), 422, "file.y")
+        assert "< 3" in message
+        y[5] = -1
+        refused(upload(api, npz(x=good_x(), y=y)), 422, "file.y")
+        body = {"name": "fresh", "inputs": good_x().tolist(), "labels": [0, 9] * 10}
+        refused(httpx.post(f"{api.base}/v1/tasks", json={**body, "num_classes": 2}), 422, "labels")
+
+
+def test_body_too_large(api: Api) -> None:
+    big = npz(x=np.zeros((MAX_BODY // 32, 8), np.float32), y=np.zeros(MAX_BODY // 32, np.int64))
+    with no_state_change(api):
+        refused(upload(api, big), 413, "body")
+        refused(predict(api, {"inputs": rows(MAX_BODY // 32)}), 413, "body")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+            yield b'{"inputs": ['
+            for _ in range(MAX_BODY // 32):
+                yield b"[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],"
+            yield b"[0, 0, 0, 0, 0, 0, 0, 0]]}"
+
+        streamed = httpx.post(
+            f"{api.base}/v1/predict", content=chunks(), headers={"content-type": "application/json"}
+        )
+        refused(streamed, 413, "body")
+        tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+        oip = infer(api, [tensor] * (MAX_BODY // 64))
+        assert oip.status_code == 413 and "body" in oip.json()["error"]
+
+
+def test_unknown_version(api: Api) -> None:
+    with no_state_change(api):
+        refused(httpx.post(f"{api.base}/v1/models/999/activate"), 404, "version")
+        refused(httpx.post(f"{api.base}/v1/models/latest/activate"), 422, "version")
+        tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+        url = f"{api.base}/v2/models/mas/versions/999/infer"
+        refused(httpx.post(url, json={"inputs": [tensor]}), 404, "model_version")
+        refused(
+            httpx.post(f"{api.base}/v2/models/other/infer", json={"inputs": [tensor]}),
+            404,
+            "model_name",
+        )
