@@ -28,7 +28,13 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"redis_url": url})
     _warn_if_open(settings)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
     finally:
         if embedded is not None:
             embedded.stop()

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     admin_token: str | None = Field(None, description="Bearer token for mutating endpoints.")
+    access_log: bool = Field(False, description="One log line per request (metrics count them).")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
     max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
     max_wait_ms: float = Field(2.0, description="Longest a request waits for batch-mates.")
