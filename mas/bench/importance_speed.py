@@ -1,0 +1,166 @@
+"""How fast exact per-sample MAS importance is, against the ways it is usually computed.
+
+`python -m mas.bench.importance_speed [--json out.json]`: MLP 784-256-256 with a 10-way head on
+the 4,000 MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per second,
+best of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+import mas
+from mas.bench.suites import load_suite
+
+Sums = dict[str, torch.Tensor]
+SUITE = "permuted-mnist-5k"
+TASK = "task0"
+
+
+def reference_loop(model: mas.MultiHeadNet, inputs: torch.Tensor, task: str) -> Sums:
+    """The definition read literally: one forward and one backward per sample."""
+    names, parameters = zip(*model.named_parameters(), strict=True)
+    sums = [torch.zeros_like(p) for p in parameters]
+    model.eval()
+    for row in inputs:
+        output = model(row.unsqueeze(0), task)
+        grads = torch.autograd.grad(output.pow(2).sum(), parameters, allow_unused=True)
+        for total, g in zip(sums, grads, strict=True):
+            if g is not None:
+                total += g.abs()
+    return dict(zip(names, sums, strict=True))
+
+
+def functorch_sums(
+    model: mas.MultiHeadNet, inputs: torch.Tensor, task: str, batch_size: int
+) -> Sums:
+    """Generic per-sample gradients, vmap(grad), as any architecture would need them."""
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+
+    def sample_norm(params: Sums, row: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, params, (row.unsqueeze(0), task)).pow(2).sum()
+
+    per_sample = vmap(grad(sample_norm), in_dims=(None, 0))
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    model.eval()
+    for chunk in inputs.split(batch_size):
+        for name, g in per_sample(parameters, chunk).items():
+            sums[name] += g.abs().sum(dim=0)
+    return sums
+
+
+def _best_rate(compute: Callable[[], Sums], samples: int, repeats: int) -> tuple[float, Sums]:
+    """Samples per second of the fastest of `repeats` runs (the first run also warms up)."""
+    best = float("inf")
+    result: Sums = {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = compute()
+        best = min(best, time.perf_counter() - started)
+    return samples / best, result
+
+
+def _relative_difference(a: Sums, b: Sums) -> float:
+    """max |a − b| over all parameters, relative to max |b|."""
+    worst = max(float((a[n] - b[n]).abs().max()) for n in b)
+    scale = max(float(b[n].abs().max()) for n in b)
+    return worst / scale
+
+
+def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    suite = load_suite(SUITE)
+    inputs = suite.tasks[0].x_train
+    model = mas.build_model(suite.model_spec, {TASK: 10}, seed=0)
+    subset = inputs[:loop_samples]
+
+    def importance(method: str, x: torch.Tensor) -> Callable[[], Sums]:
+        return lambda: mas.importance_sums(
+            model, x, task=TASK, method=method, batch_size=batch_size
+        )
+
+    loop_rate, loop = _best_rate(lambda: reference_loop(model, subset, TASK), len(subset), repeats)
+    exact_rate, exact = _best_rate(importance("exact", inputs), len(inputs), repeats)
+    batch_rate, _ = _best_rate(importance("batch", inputs), len(inputs), repeats)
+    vmap_rate, by_vmap = _best_rate(
+        lambda: functorch_sums(model, inputs, TASK, batch_size), len(inputs), repeats
+    )
+    exact_subset = mas.importance_sums(model, subset, task=TASK, batch_size=batch_size)
+    return {
+        "model": "MLP 784-256-256 + 10-way head",
+        "threads": torch.get_num_threads(),
+        "samples": len(inputs),
+        "loop_samples": len(subset),
+        "batch_size": batch_size,
+        "samples_per_second": {
+            "loop": loop_rate,
+            "exact": exact_rate,
+            "batch": batch_rate,
+            "vmap": vmap_rate,
+        },
+        "ratios": {
+            "exact/loop": exact_rate / loop_rate,
+            "exact/batch": exact_rate / batch_rate,
+            "exact/vmap": exact_rate / vmap_rate,
+        },
+        "max_relative_difference": {
+            "exact vs loop": _relative_difference(exact_subset, loop),
+            "exact vs vmap": _relative_difference(exact, by_vmap),
+        },
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    names = {
+        "loop": f"reference loop (1 backward/sample, {report['loop_samples']} samples)",
+        "exact": "importance_sums exact (per-sample)",
+        "batch": f"importance_sums batch (batch {report['batch_size']})",
+        "vmap": "torch.func vmap(grad) exact",
+    }
+    width = max(len(name) for name in names.values())
+    lines = [
+        f"{report['model']}, {report['samples']} MNIST-5k inputs, "
+        f"torch threads: {report['threads']}",
+        f"{'method'.ljust(width)}  samples/s",
+    ]
+    lines += [
+        f"{names[key].ljust(width)}  {rate:10.0f}"
+        for key, rate in report["samples_per_second"].items()
+    ]
+    targets = {"exact/loop": " (target ≥ 20×)", "exact/batch": " (target ≥ 0.8×)"}
+    lines += [
+        f"{key}: {value:.2f}×{targets.get(key, '')}" for key, value in report["ratios"].items()
+    ]
+    lines += [
+        f"max relative difference, {key}: {value:.1e}"
+        for key, value in report["max_relative_difference"].items()
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mas.bench.importance_speed")
+    parser.add_argument("--loop-samples", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = measure(args.loop_samples, args.batch_size, args.repeats)
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
