@@ -16,6 +16,7 @@ from mas.strategies import STRATEGIES, make_strategy
 from mas.training import (
     Progress,
     TrainConfig,
+    TrainingDiverged,
     TrainingStopped,
     TrainResult,
     evaluate,
@@ -34,6 +35,7 @@ __all__ = [
     "TaskSplit",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "TrainingStopped",
     "average_accuracy",
     "average_forgetting",

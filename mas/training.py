@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ class TrainResult:
 
 class TrainingStopped(Exception):
     """Raised when should_stop() asks a run to end early (a cancelled job)."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The loss became NaN or infinite (typically λΩ too large for the learning rate): better a
+    clear failure than a model of NaNs."""
 
 
 class StepObserver(Protocol):
@@ -123,6 +129,11 @@ def train_tasks(
                     observer.after_step(model)
                 step += 1
                 loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss is {loss_value} at step {step} of {total_steps}; "
+                        "lower lambda or the learning rate"
+                    )
                 if on_progress is not None:
                     on_progress(Progress(epoch, step, total_steps, loss_value))
     finally:

@@ -114,6 +114,24 @@ def test_should_stop_aborts_training() -> None:
                        mas.TrainConfig(batch_size=8), should_stop=stop)  # fmt: skip
 
 
+def test_divergence_is_an_error_not_a_model_of_nans() -> None:
+    model = mas.build_model(SPEC, {"a": 2})
+    omega = {name: torch.full_like(p, 1e6) for name, p in model.named_parameters()}
+    anchor = mas.QuadraticAnchor.at(model, omega, lam=1.0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1)
+    with pytest.raises(mas.TrainingDiverged, match="lower lambda"):
+        mas.train_task(
+            model,
+            "a",
+            torch.randn(64, 10),
+            torch.randint(0, 2, (64,)),
+            mas.TrainConfig(batch_size=8),
+            anchor=anchor,
+        )
+
+
 def test_path_integral_matches_minus_gradient_times_step() -> None:
     model = mas.build_model(SPEC, {"a": 2})
     path = PathIntegral(model)
