@@ -1,0 +1,203 @@
+"""The trainer worker against real Redis, real artifacts and real digits: versions, Ω source,
+retention gate, cancellation, and a trainer killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import torch
+
+import mas
+from mas.bench.suites import load_suite
+from mas.store.datasets import DatasetStore, split_holdout
+from mas.store.jobs import JobQueue
+from mas.store.keys import Keys
+from mas.store.registry import ModelRegistry
+from mas.store.samples import SampleStream
+from mas.store.settings import Settings
+from worker.importance import ImportanceWorker
+from worker.trainer import Trainer
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, keys: Keys) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        redis_url=redis_url,
+        key_prefix=keys.prefix,
+        hidden=[32],
+        epochs=15,
+        device="cpu",
+        retention_max_drop=1.0,
+        min_traffic_samples=100,
+        job_lease_ms=1000,
+        trainer_metrics_port=0,
+        importance_metrics_port=0,
+    )
+
+
+@pytest.fixture
+def stores(settings: Settings, redis_conn: redis.Redis, keys: Keys) -> Iterator[dict[str, Any]]:
+    yield {
+        "datasets": DatasetStore(redis_conn, keys, settings.datasets_dir),
+        "jobs": JobQueue(redis_conn, keys),
+        "registry": ModelRegistry(redis_conn, keys, settings.models_dir),
+    }
+
+
+def upload(stores: dict[str, Any], name: str, x: np.ndarray, y: np.ndarray, **params: Any) -> str:
+    """What POST /v1/tasks does: split, store, enqueue."""
+    x_train, y_train, x_holdout, y_holdout = split_holdout(x, y, 0.2, seed=0)
+    stores["datasets"].save(name, x_train, y_train, x_holdout, y_holdout, {"num_classes": 2})
+    return stores["jobs"].submit(name, params)
+
+
+def digits_task(index: int) -> tuple[np.ndarray, np.ndarray]:
+    split = load_suite("split-digits").tasks[index]
+    return split.x_train.numpy(), split.y_train.numpy()
+
+
+def make_trainer(settings: Settings, redis_conn: redis.Redis, keys: Keys) -> Trainer:
+    return Trainer(settings, redis_conn, keys, consumer="trainer-test", device=torch.device("cpu"))
+
+
+def test_tasks_become_versions_with_data_importance_and_frozen_old_heads(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    trainer = make_trainer(settings, redis_conn, keys)
+    first = upload(stores, "task0", *digits_task(0))
+    assert trainer.run_once(block_ms=2000)
+    job = stores["jobs"].get(first)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["version"] == 1 and job["result"]["activated"]
+    assert job["result"]["accuracy_after"]["task0"] > 0.9
+    assert stores["registry"].current_version() == 1
+
+    second = upload(stores, "task1", *digits_task(1), **{"lambda": 2.0})
+    assert trainer.run_once(block_ms=2000)
+    result = stores["jobs"].get(second)["result"]
+    assert result["version"] == 2 and result["parent"] == 1 and result["activated"]
+    assert result["omega"]["source"] == "data" and result["omega"]["samples"] > 0
+    assert set(result["accuracy_after"]) == {"task0", "task1"}
+    manifest = stores["registry"].manifest(2)
+    assert manifest["info"]["lambda"] == 2.0
+    v1 = stores["registry"].load(1).model
+    v2 = stores["registry"].load(2).model
+    for name, value in v1.heads["task0"].state_dict().items():
+        assert torch.equal(value, v2.heads["task0"].state_dict()[name])
+    boundary = stores["registry"].extra_tensors(2, "omega_boundary")
+    consolidated = stores["registry"].extra_tensors(2, "omega_consolidated")
+    assert boundary is not None and consolidated is not None
+    assert boundary.keys() == dict(v1.named_parameters()).keys()
+
+
+def test_traffic_importance_is_used_when_enough_was_served(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    trainer = make_trainer(settings, redis_conn, keys)
+    upload(stores, "task0", *digits_task(0))
+    trainer.run_once(block_ms=2000)
+    x, _ = digits_task(0)
+    SampleStream(redis_conn, keys, maxlen=10_000).append_many([(1, "task0", x[:150])])
+    worker = ImportanceWorker(
+        settings, redis_conn, keys, stores["registry"], worker_id="w", consumer="w-1"
+    )
+    while worker.run_once():
+        pass
+    job = upload(stores, "task1", *digits_task(1))
+    trainer.run_once(block_ms=2000)
+    result = stores["jobs"].get(job)["result"]
+    assert result["omega"] == {"source": "traffic", "samples": 150}
+    model = stores["registry"].load(1).model
+    expected = mas.compute_importance(model, torch.from_numpy(x[:150]), task="task0")
+    boundary = stores["registry"].extra_tensors(2, "omega_boundary")
+    for name, value in expected.items():
+        torch.testing.assert_close(boundary[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_retention_gate_holds_a_version_that_forgets(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    gated = settings.model_copy(
+        update={"head_mode": "shared", "shared_classes": 2, "retention_max_drop": 0.05,
+                "mas_lambda": 0.0}
+    )  # fmt: skip
+    trainer = make_trainer(gated, redis_conn, keys)
+    x, y = digits_task(0)
+    upload(stores, "task0", x, y)
+    trainer.run_once(block_ms=2000)
+    job = upload(stores, "flipped", x, 1 - y)
+    trainer.run_once(block_ms=2000)
+    result = stores["jobs"].get(job)["result"]
+    assert result["version"] == 2 and not result["activated"]
+    assert "held for manual activation" in result["reason"] and "task0" in result["reason"]
+    assert stores["registry"].current_version() == 1
+
+
+def test_cancel_while_running_leaves_the_served_version(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    trainer = make_trainer(settings, redis_conn, keys)
+    upload(stores, "task0", *digits_task(0))
+    trainer.run_once(block_ms=2000)
+    job = upload(stores, "task1", *digits_task(1), epochs=2000)
+    runner = threading.Thread(target=trainer.run_once, kwargs={"block_ms": 2000})
+    runner.start()
+    wait_for(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+    stores["jobs"].request_cancel(job)
+    runner.join(60)
+    record = stores["jobs"].get(job)
+    assert record["status"] == "canceled"
+    assert stores["registry"].current_version() == 1
+    assert [m["version"] for m in stores["registry"].list_versions()] == [1]
+
+
+def wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    upload(stores, "task0", *digits_task(0))
+    make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+    job = upload(stores, "task1", *digits_task(1), epochs=2000)
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "MAS_KEY_PREFIX": keys.prefix,
+        "MAS_DATA_DIR": str(settings.data_dir),
+        "MAS_HIDDEN": "[32]",
+        "MAS_JOB_LEASE_MS": "1000",
+        "MAS_TRAINER_METRICS_PORT": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "worker.trainer"], env=env)
+    try:
+        wait_for(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert stores["jobs"].get(job)["status"] == "running"
+    assert stores["registry"].current_version() == 1
+    time.sleep(1.2)
+    assert make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+    record = stores["jobs"].get(job)
+    assert record["status"] == "failed"
+    assert "stopped while running this job" in record["error"]
+    assert stores["registry"].current_version() == 1
+    assert [m["version"] for m in stores["registry"].list_versions()] == [1]
