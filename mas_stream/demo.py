@@ -10,6 +10,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -23,8 +25,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RunningService:
+    url: str
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+
+
 @contextmanager
-def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[str]:
+def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
     """`mas-stream serve` in a temporary data directory on a free loopback port."""
     with tempfile.TemporaryDirectory(prefix="mas-demo-") as data_dir:
         port = free_port()
@@ -40,7 +49,7 @@ def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[str]:
         env.pop("REDIS_URL", None)
         process = subprocess.Popen([sys.executable, "-m", "mas_stream", "serve"], env=env)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield RunningService(f"http://127.0.0.1:{port}", process, Path(data_dir))
         finally:
             process.terminate()
             try:
@@ -93,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
     if _reachable(args.url):
         return _run(args.url, args)
     print(f"{args.url} is not reachable: starting a fresh service for the demo")
-    with fresh_service() as url:
-        return _run(url, args)
+    with fresh_service() as service:
+        return _run(service.url, args)

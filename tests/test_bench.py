@@ -30,9 +30,21 @@ def test_split_digits_benchmark_writes_json_plot_and_sane_metrics(
 ) -> None:
     out_json, out_png = tmp_path / "result.json", tmp_path / "result.png"
     args = _parse(
-        ["--suite", "split-digits", "--methods", "finetune,mas,ewc,si,joint", "--seeds", "0",
-         "--epochs", "5", "--json", str(out_json), "--plot", str(out_png)]
-    )  # fmt: skip
+        [
+            "--suite",
+            "split-digits",
+            "--methods",
+            "finetune,mas,ewc,si,joint",
+            "--seeds",
+            "0",
+            "--epochs",
+            "5",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ]
+    )
     assert command.run(args) == 0
 
     result = json.loads(out_json.read_text())

@@ -71,9 +71,13 @@ def test_new_head_is_free_and_old_heads_stay_put() -> None:
     model.add_task("b", 3)
     head_a = {k: v.clone() for k, v in model.heads["a"].state_dict().items()}
     mas.train_task(
-        model, "b", torch.randn(40, 10), torch.randint(0, 3, (40,)), mas.TrainConfig(epochs=2),
+        model,
+        "b",
+        torch.randn(40, 10),
+        torch.randint(0, 3, (40,)),
+        mas.TrainConfig(epochs=2),
         anchor=anchor,
-    )  # fmt: skip
+    )
     assert "heads.b.weight" not in anchor.names
     for key, value in model.heads["a"].state_dict().items():
         assert torch.equal(value, head_a[key])
@@ -91,8 +95,9 @@ def test_training_is_deterministic_and_reports_progress() -> None:
     states, progress = [], []
     for _ in range(2):
         model = mas.build_model(SPEC, {"a": 2}, seed=3)
-        mas.train_task(model, "a", x, y, mas.TrainConfig(epochs=3, seed=5),
-                       on_progress=progress.append)  # fmt: skip
+        mas.train_task(
+            model, "a", x, y, mas.TrainConfig(epochs=3, seed=5), on_progress=progress.append
+        )
         states.append(model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key])
@@ -110,8 +115,14 @@ def test_should_stop_aborts_training() -> None:
         return len(calls) > 3
 
     with pytest.raises(mas.TrainingStopped):
-        mas.train_task(model, "a", torch.randn(64, 10), torch.randint(0, 2, (64,)),
-                       mas.TrainConfig(batch_size=8), should_stop=stop)  # fmt: skip
+        mas.train_task(
+            model,
+            "a",
+            torch.randn(64, 10),
+            torch.randint(0, 2, (64,)),
+            mas.TrainConfig(batch_size=8),
+            should_stop=stop,
+        )
 
 
 def test_divergence_is_an_error_not_a_model_of_nans() -> None:

@@ -18,7 +18,7 @@ SCENARIO_ENV = {"MAS_HEAD_MODE": "shared", "MAS_MODEL_POLL_SECONDS": "1"}
 
 
 def scenario(env: dict[str, str]) -> tuple[ScenarioReport, str]:
-    with fresh_service({**SCENARIO_ENV, **env}) as url, ServiceClient(url) as client:
+    with fresh_service({**SCENARIO_ENV, **env}) as service, ServiceClient(service.url) as client:
         client.wait_until_live(timeout=120)
         report = run_scenario(client, tasks=4, first_traffic=2000, traffic_per_task=500)
         return report, client.metrics_text()

@@ -130,9 +130,13 @@ def test_retention_gate_holds_a_version_that_forgets(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:
     gated = settings.model_copy(
-        update={"head_mode": "shared", "shared_classes": 2, "retention_max_drop": 0.05,
-                "mas_lambda": 0.0}
-    )  # fmt: skip
+        update={
+            "head_mode": "shared",
+            "shared_classes": 2,
+            "retention_max_drop": 0.05,
+            "mas_lambda": 0.0,
+        }
+    )
     trainer = make_trainer(gated, redis_conn, keys)
     x, y = digits_task(0)
     upload(stores, "task0", x, y)

@@ -110,23 +110,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Continual-learning benchmark: every method on every task of a suite."
     parser.add_argument("--suite", required=True, choices=list(SUITES))
     parser.add_argument(
-        "--methods", type=_methods, default=list(STRATEGIES),
+        "--methods",
+        type=_methods,
+        default=list(STRATEGIES),
         help=f"comma-separated, from {','.join(STRATEGIES)} (default: all)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated (default: 0)")
     parser.add_argument(
-        "--lambda", dest="lambdas", metavar="METHOD=VALUE", type=_lambda, action="append",
-        default=[], help="λ of a penalised method (default: the suite's, see DEFAULT_LAMBDAS)",
-    )  # fmt: skip
+        "--lambda",
+        dest="lambdas",
+        metavar="METHOD=VALUE",
+        type=_lambda,
+        action="append",
+        default=[],
+        help="λ of a penalised method (default: the suite's, see DEFAULT_LAMBDAS)",
+    )
     parser.add_argument(
-        "--lambda-grid", dest="lambda_grid", metavar="METHOD=V1,V2,...", type=_lambda_grid,
-        action="append", default=[], help="run every listed λ and report the best ACC per method",
-    )  # fmt: skip
+        "--lambda-grid",
+        dest="lambda_grid",
+        metavar="METHOD=V1,V2,...",
+        type=_lambda_grid,
+        action="append",
+        default=[],
+        help="run every listed λ and report the best ACC per method",
+    )
     parser.add_argument("--epochs", type=_positive, help="epochs per task (default: protocol's)")
     parser.add_argument(
-        "--validation", action="store_true",
+        "--validation",
+        action="store_true",
         help="evaluate on 10%% of each task's training data instead of the test split (tuning)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", type=Path, help="write every run's results here")
     parser.add_argument("--plot", type=Path, help="write the accuracy-matrix figure here (PNG)")
 
@@ -154,13 +167,18 @@ def format_table(result_json: dict[str, Any]) -> str:
     groups = group_runs(result_json)
     header = ["method", "seeds", *[name for name, _, _ in METRICS]]
     rows = [
-        [run_label(method, lam), str(len(runs)),
-         *[_mean_std([run[key] for run in runs], spec) for _, key, spec in METRICS]]
+        [
+            run_label(method, lam),
+            str(len(runs)),
+            *[_mean_std([run[key] for run in runs], spec) for _, key, spec in METRICS],
+        ]
         for (method, lam), runs in groups.items()
-    ]  # fmt: skip
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in [header, *rows]]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
@@ -169,8 +187,11 @@ def best_lambdas(result_json: dict[str, Any]) -> dict[str, float]:
     scores: dict[str, dict[float, float]] = {}
     for (method, lam), runs in group_runs(result_json).items():
         scores.setdefault(method, {})[lam] = float(np.mean([run["avg_acc"] for run in runs]))
-    return {method: max(by_lam, key=by_lam.__getitem__)
-            for method, by_lam in scores.items() if len(by_lam) > 1}  # fmt: skip
+    return {
+        method: max(by_lam, key=by_lam.__getitem__)
+        for method, by_lam in scores.items()
+        if len(by_lam) > 1
+    }
 
 
 def _progress_bar(
