@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -58,9 +59,13 @@ def validate_inputs(
         raise DataValidationError(field, f"must be a list of rows, got shape {list(array.shape)}")
     if array.shape[0] == 0:
         raise DataValidationError(field, "is empty")
-    array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise DataValidationError(field, "contains NaN or infinite values")
+    if array.dtype.itemsize > 4 and np.abs(array).max() > FLOAT32_MAX:
+        raise DataValidationError(
+            field, f"contains values beyond the float32 range (±{FLOAT32_MAX:.3g})"
+        )
+    array = array.astype(np.float32, copy=False)
     if input_shape is not None:
         expected = tuple(int(d) for d in input_shape)
         if array.shape[1:] != expected:

@@ -124,7 +124,11 @@ class TaskIntake:
             if options.num_classes is not None:
                 meta["num_classes"] = options.num_classes
             self._datasets.save(task, x_train, y_train, x_holdout, y_holdout, meta)
-            return self._jobs.submit(task, options.job_params())
+            try:
+                return self._jobs.submit(task, options.job_params())
+            except BaseException:
+                self._datasets.delete(task)
+                raise
 
     def _refuse_existing(self, task: str) -> None:
         loaded = self._served.current

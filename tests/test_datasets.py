@@ -236,3 +236,15 @@ def test_store_unknown_and_invalid_names(store: DatasetStore) -> None:
     with pytest.raises(DataValidationError) as caught:
         store.save("../escape", x, y, x, y, meta={})
     assert caught.value.field == "name"
+
+
+def test_delete_removes_files_and_metadata(
+    tmp_path: Path, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    store = DatasetStore(redis_conn, keys, tmp_path)
+    x, y = np.ones((4, 3), dtype=np.float32), np.array([0, 1, 0, 1])
+    store.save("gone", x, y, x, y, {})
+    store.delete("gone")
+    assert not store.exists("gone")
+    assert not (tmp_path / "gone").exists()
+    assert store.names() == []

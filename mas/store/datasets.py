@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
 import zipfile
 import zlib
@@ -202,6 +203,11 @@ class DatasetStore:
         if raw is None:
             raise UnknownDataset(name)
         return json.loads(raw)
+
+    def delete(self, name: str) -> None:
+        """Undo a save whose job could not be queued: metadata first, so no reader sees a half."""
+        self._redis.hdel(self._keys.tasks, name)
+        shutil.rmtree(self._directory(name), ignore_errors=True)
 
     def exists(self, name: str) -> bool:
         return bool(self._redis.hexists(self._keys.tasks, name))
