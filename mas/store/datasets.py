@@ -220,6 +220,9 @@ class DatasetStore:
         }
         return sorted(records, key=lambda name: (records[name]["created_at"], name))
 
-    def _split_path(self, name: str, split: str) -> Path:
+    def _directory(self, name: str) -> Path:
         """The name is validated here because it becomes part of a path."""
-        return self._datasets_dir / validate_task_name(name) / f"{split}.npz"
+        return self._datasets_dir / validate_task_name(name)
+
+    def _split_path(self, name: str, split: str) -> Path:
+        return self._directory(name) / f"{split}.npz"
