@@ -7,7 +7,6 @@ Every regularised strategy runs the same boundary step (MAS.md, "Across tasks"):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -15,24 +14,12 @@ from torch import nn
 from mas.importance import compute_importance, negative_log_likelihood, per_sample_gradient_sums
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor, consolidate
-from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_task, train_tasks
+from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_tasks
 
 ProgressCallback = Callable[[Progress], None] | None
 Importance = dict[str, torch.Tensor]
 
 SI_DAMPING = 0.1
-
-
-class Strategy(Protocol):
-    def learn(
-        self,
-        model: MultiHeadNet,
-        task: str,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        config: TrainConfig,
-        on_progress: ProgressCallback = None,
-    ) -> None: ...
 
 
 def mas_importance(model: MultiHeadNet, task: str, x: torch.Tensor, _y: torch.Tensor) -> Importance:
@@ -50,8 +37,11 @@ def empirical_fisher(
     return {name: value / x.shape[0] for name, value in sums.items()}
 
 
-class FineTune:
-    """No penalty: the lower bound."""
+class Strategy:
+    """Fine-tuning, and the skeleton the others fill in: what to train on, with which anchor and
+    step observers, and what to remember once the task is learned."""
+
+    anchor: QuadraticAnchor | None = None
 
     def learn(
         self,
@@ -62,29 +52,38 @@ class FineTune:
         config: TrainConfig,
         on_progress: ProgressCallback = None,
     ) -> None:
-        train_task(model, task, x, y, config, on_progress=on_progress)
+        train_tasks(
+            model,
+            self.training_data((task, x, y)),
+            config,
+            anchor=self.anchor,
+            on_progress=on_progress,
+            observers=self.observers(model),
+        )
+        self.after_task(model, task, x, y)
+
+    def training_data(self, latest: TaskData) -> list[TaskData]:
+        return [latest]
+
+    def observers(self, model: MultiHeadNet) -> list[StepObserver]:
+        return []
+
+    def after_task(self, model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Nothing to remember: fine-tuning is the lower bound."""
 
 
-class Joint:
+class Joint(Strategy):
     """All data seen so far at once: the upper bound."""
 
     def __init__(self) -> None:
         self.seen: list[TaskData] = []
 
-    def learn(
-        self,
-        model: MultiHeadNet,
-        task: str,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        config: TrainConfig,
-        on_progress: ProgressCallback = None,
-    ) -> None:
-        self.seen.append((task, x, y))
-        train_tasks(model, self.seen, config, on_progress=on_progress)
+    def training_data(self, latest: TaskData) -> list[TaskData]:
+        self.seen.append(latest)
+        return self.seen
 
 
-class Regularized:
+class Regularized(Strategy):
     """Quadratic anchor with importance from `estimate` at each task boundary."""
 
     def __init__(
@@ -97,34 +96,10 @@ class Regularized:
         self.gamma = gamma
         self.estimate = estimate
         self.consolidated: Importance | None = None
-        self.anchor: QuadraticAnchor | None = None
 
-    def observers(self, model: MultiHeadNet) -> list[StepObserver]:
-        return []
-
-    def learn(
-        self,
-        model: MultiHeadNet,
-        task: str,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        config: TrainConfig,
-        on_progress: ProgressCallback = None,
-    ) -> None:
-        observers = self.observers(model)
-        train_task(
-            model,
-            task,
-            x,
-            y,
-            config,
-            anchor=self.anchor,
-            on_progress=on_progress,
-            observers=observers,
-        )
-        self.consolidated = consolidate(
-            self.consolidated, self.estimate(model, task, x, y), self.gamma
-        )
+    def after_task(self, model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        new = self.estimate(model, task, x, y)
+        self.consolidated = consolidate(self.consolidated, new, self.gamma)
         self.anchor = QuadraticAnchor.at(model, self.consolidated, self.lam)
 
 
@@ -181,7 +156,7 @@ STRATEGIES = ("finetune", "mas", "ewc", "si", "joint")
 
 def make_strategy(name: str, lam: float = 0.0, gamma: float = 1.0) -> Strategy:
     if name == "finetune":
-        return FineTune()
+        return Strategy()
     if name == "joint":
         return Joint()
     if name == "mas":

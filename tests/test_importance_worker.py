@@ -326,7 +326,7 @@ def spawn(
 
     def start(consumer: str) -> subprocess.Popen:
         log = (tmp_path / f"{consumer}.log").open("wb")
-        command = [sys.executable, "-m", "worker.importance", "--worker-id", "w1"]
+        command = [sys.executable, "-m", "mas_stream", "worker", "importance", "--worker-id", "w1"]
         process = subprocess.Popen(
             [*command, "--consumer", consumer], cwd=ROOT, env=env, stdout=log, stderr=log
         )

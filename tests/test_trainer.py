@@ -190,7 +190,7 @@ def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
         "MAS_TRAINER_METRICS_PORT": "0",
         "OMP_NUM_THREADS": "1",
     }
-    process = subprocess.Popen([sys.executable, "-m", "worker.trainer"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "mas_stream", "worker", "trainer"], env=env)
     try:
         wait_for(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
     finally:

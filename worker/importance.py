@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
 from typing import Final
 
 import redis
 import torch
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 
 from mas.accumulator import ImportanceAccumulator
 from mas.importance import importance_sums
@@ -33,7 +30,7 @@ from mas.model import MultiHeadNet
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import ModelRegistry
-from mas.store.runtime import connect, resolve_device
+from mas.store.runtime import run_worker
 from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
 from mas.store.settings import Settings
 
@@ -118,6 +115,9 @@ class ImportanceWorker:
         self._layers_version: int | None = None
         self._layers_stale = True
         self._stream.ensure_group()
+
+    def __repr__(self) -> str:
+        return f"ImportanceWorker({self.worker_id}, consumer {self.consumer}, on {self._device})"
 
     def run_once(self) -> int:
         """One read (blocking up to block_ms when there is nothing to claim); returns the rows
@@ -295,40 +295,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    client, server = connect(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        keys = Keys(settings.key_prefix)
-        worker = ImportanceWorker(
+    def build(
+        settings: Settings, client: redis.Redis, keys: Keys, device: torch.device
+    ) -> ImportanceWorker:
+        return ImportanceWorker(
             settings,
             client,
             keys,
             ModelRegistry(client, keys, settings.models_dir),
             worker_id=args.worker_id,
             consumer=args.consumer or f"{args.worker_id}-{uuid.uuid4().hex[:8]}",
-            device=resolve_device(settings.device),
+            device=device,
         )
-        if settings.importance_metrics_port:
-            start_http_server(settings.importance_metrics_port)
-        log.info("importance worker %s (consumer %s) started", worker.worker_id, worker.consumer)
-        worker.run_forever(stop)
-        log.info("importance worker %s stopped", worker.worker_id)
-    finally:
-        client.close()
-        if server is not None:
-            server.stop()
-    return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="mas-stream worker importance", description=__doc__)
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_worker(build, lambda settings: settings.importance_metrics_port)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -23,7 +21,7 @@ from typing import Any, Final
 
 import redis
 import torch
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from mas.accumulator import ImportanceAccumulator
 from mas.importance import importance_sums
@@ -34,7 +32,7 @@ from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import ModelRegistry
-from mas.store.runtime import connect, resolve_device
+from mas.store.runtime import run_worker
 from mas.store.settings import Settings
 from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
 
@@ -68,6 +66,9 @@ class Trainer:
         self.registry = ModelRegistry(redis_client, keys, settings.models_dir)
         self.datasets = DatasetStore(redis_client, keys, settings.datasets_dir)
         self.omega = OmegaStore(redis_client, keys)
+
+    def __repr__(self) -> str:
+        return f"Trainer({self.consumer}, on {self.device})"
 
     def run_once(self, block_ms: int = 1000) -> bool:
         """Claims and runs at most one job; False when none arrived within block_ms."""
@@ -299,37 +300,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()
-    client, server = connect(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
+    def build(settings: Settings, client: redis.Redis, keys: Keys, device: torch.device) -> Trainer:
         consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        trainer = Trainer(
-            settings,
-            client,
-            Keys(settings.key_prefix),
-            consumer=consumer,
-            device=resolve_device(settings.device),
-        )
-        if settings.trainer_metrics_port:
-            start_http_server(settings.trainer_metrics_port)
-        log.info("trainer %s started on %s", consumer, trainer.device)
-        trainer.run_forever(stop)
-    finally:
-        client.close()
-        if server is not None:
-            server.stop()
-    return 0
+        return Trainer(settings, client, keys, consumer=consumer, device=device)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="mas-stream worker trainer", description=__doc__)
-    configure(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_worker(build, lambda settings: settings.trainer_metrics_port)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Protocol
 
 import redis
 import torch
+from prometheus_client import start_http_server
 
+from mas.store.keys import Keys
 from mas.store.redis_server import EmbeddedRedis, redis_client
 from mas.store.settings import Settings
 
@@ -49,3 +56,31 @@ def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 def connect(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
     url, server = redis_url(settings)
     return redis_client(url), server
+
+
+class Worker(Protocol):
+    def run_forever(self, stop: threading.Event) -> None: ...
+
+
+def run_worker(
+    build: Callable[[Settings, redis.Redis, Keys, torch.device], Worker],
+    metrics_port: Callable[[Settings], int],
+) -> int:
+    """A worker process's life: settings, Redis, device, its /metrics port, then its loop until
+    SIGTERM or SIGINT, which let the current step finish before it exits."""
+    settings = Settings()
+    client, server = connect(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        worker = build(settings, client, Keys(settings.key_prefix), resolve_device(settings.device))
+        if metrics_port(settings):
+            start_http_server(metrics_port(settings))
+        logging.getLogger(type(worker).__module__).info("%r started", worker)
+        worker.run_forever(stop)
+    finally:
+        client.close()
+        if server is not None:
+            server.stop()
+    return 0
