@@ -30,6 +30,7 @@ from mas.store.omega import OmegaStore
 from mas.store.registry import ModelRegistry
 from mas.store.samples import SampleStream
 from mas.store.settings import Settings
+from tests.api_support import wait_until
 from worker.importance import ImportanceWorker
 
 
@@ -126,13 +127,6 @@ def _assert_omega_matches(
                 tasks[task] = tasks.get(task, 0) + len(rows)
         assert omega.counts(version) == {"total": sum(tasks.values()), "tasks": tasks}
         assert merged.count == sum(tasks.values())
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def _drained(stream: SampleStream) -> bool:
@@ -296,7 +290,7 @@ def test_two_workers_in_one_group_give_the_same_omega_as_one(
     try:
         for start in range(0, len(traffic), 50):
             stream.append_many(traffic[start : start + 50])
-        _wait_until(lambda: _drained(stream), 30, "two workers to drain the stream")
+        wait_until(lambda: _drained(stream), 30, interval=0.005)
     finally:
         stop.set()
         for thread in threads:
@@ -360,13 +354,13 @@ def test_sigkilled_workers_still_count_every_sample_exactly_once(
     process = spawn("c0")
     in_flight = 0
     for index, (fraction, delay) in enumerate([(0.1, 0.0), (0.4, 0.003), (0.7, 0.01)]):
-        _wait_until(lambda f=fraction: committed() > f * rows, 30, f"{fraction:.0%} committed")
+        wait_until(lambda f=fraction: committed() > f * rows, 30, interval=0.005)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
         in_flight += _pending_of(redis_conn, keys, f"c{index}")
         process = spawn(f"c{index + 1}")
-    _wait_until(lambda: committed() == rows and _drained(stream), 30, "all rows committed")
+    wait_until(lambda: committed() == rows and _drained(stream), 30, interval=0.005)
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
 

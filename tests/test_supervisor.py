@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from mas_stream.client import ServiceClient
 from mas_stream.demo import fresh_service
+from tests.api_support import wait_until
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -33,13 +32,6 @@ def children_of(pid: int) -> dict[str, int]:
     return found
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -53,12 +45,12 @@ def test_crashed_child_is_restarted_and_sigterm_stops_all() -> None:
     with fresh_service(env) as service, ServiceClient(service.url) as client:
         client.wait_until_live(timeout=120)
         roles = {"api", "importance", "trainer", "redis"}
-        wait_for(lambda: children_of(service.process.pid).keys() >= roles)
+        wait_until(lambda: children_of(service.process.pid).keys() >= roles)
         killed = children_of(service.process.pid)["importance"]
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: children_of(service.process.pid).get("importance", killed) != killed)
+        wait_until(lambda: children_of(service.process.pid).get("importance", killed) != killed)
         assert client.http.get("/healthz").status_code == 200
         running = children_of(service.process.pid)
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(60) == 0
-        wait_for(lambda: not any(alive(pid) for pid in running.values()), timeout=30)
+        wait_until(lambda: not any(alive(pid) for pid in running.values()), timeout=30)

@@ -26,6 +26,7 @@ from mas.store.keys import Keys
 from mas.store.registry import ModelRegistry
 from mas.store.samples import SampleStream
 from mas.store.settings import Settings
+from tests.api_support import wait_until
 from worker.importance import ImportanceWorker
 from worker.trainer import Trainer
 
@@ -158,20 +159,13 @@ def test_cancel_while_running_leaves_the_served_version(
     job = upload(stores, "task1", *digits_task(1), epochs=2000)
     runner = threading.Thread(target=trainer.run_once, kwargs={"block_ms": 2000})
     runner.start()
-    wait_for(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+    wait_until(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
     stores["jobs"].request_cancel(job)
     runner.join(60)
     record = stores["jobs"].get(job)
     assert record["status"] == "canceled"
     assert stores["registry"].current_version() == 1
     assert [m["version"] for m in stores["registry"].list_versions()] == [1]
-
-
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
@@ -192,7 +186,7 @@ def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
     }
     process = subprocess.Popen([sys.executable, "-m", "mas_stream", "worker", "trainer"], env=env)
     try:
-        wait_for(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+        wait_until(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
