@@ -33,30 +33,39 @@ class RunningService:
 
 
 @contextmanager
-def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
-    """`mas-stream serve` in a temporary data directory on a free loopback port."""
-    with tempfile.TemporaryDirectory(prefix="mas-demo-") as data_dir:
-        port = free_port()
-        env = {
-            **os.environ,
-            "MAS_DATA_DIR": data_dir,
-            "MAS_HOST": "127.0.0.1",
-            "MAS_PORT": str(port),
-            "MAS_IMPORTANCE_METRICS_PORT": "0",
-            "MAS_TRAINER_METRICS_PORT": "0",
-            **(env_overrides or {}),
-        }
-        env.pop("REDIS_URL", None)
-        process = subprocess.Popen([sys.executable, "-m", "mas_stream", "serve"], env=env)
+def serve(data_dir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
+    """`mas-stream serve` with its state in `data_dir`, on a free loopback port."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MAS_DATA_DIR": str(data_dir),
+        "MAS_HOST": "127.0.0.1",
+        "MAS_PORT": str(port),
+        "MAS_IMPORTANCE_METRICS_PORT": "0",
+        "MAS_TRAINER_METRICS_PORT": "0",
+        **(env_overrides or {}),
+    }
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "mas_stream", "serve"], env=env)
+    try:
+        yield RunningService(f"http://127.0.0.1:{port}", process, data_dir)
+    finally:
+        process.terminate()
         try:
-            yield RunningService(f"http://127.0.0.1:{port}", process, Path(data_dir))
-        finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
+    """`mas-stream serve` in a temporary data directory."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mas-demo-") as data_dir,
+        serve(Path(data_dir), env_overrides) as service,
+    ):
+        yield service
 
 
 def _reachable(url: str) -> bool:

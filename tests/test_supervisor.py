@@ -1,14 +1,22 @@
-"""`mas-stream serve` as a user runs it: a crashed child comes back, SIGTERM stops everything."""
+"""`mas-stream serve` and `mas-stream submit` as a user runs them: a CSV task trained through the
+CLI, a crashed child brought back, SIGTERM stopping everything, and the state still there when
+the service starts again on the same data directory."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+from mas.bench.suites import load_suite
 from mas_stream.client import ServiceClient
-from mas_stream.demo import fresh_service
+from mas_stream.demo import serve
 from tests.api_support import wait_until
+
+ROLES = {"api", "importance", "trainer", "redis"}
 
 
 def children_of(pid: int) -> dict[str, int]:
@@ -37,20 +45,59 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text()
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def test_crashed_child_is_restarted_and_sigterm_stops_all() -> None:
-    env = {"MAS_IMPORTANCE_METRICS_PORT": "0", "MAS_TRAINER_METRICS_PORT": "0"}
-    with fresh_service(env) as service, ServiceClient(service.url) as client:
+def write_csv(path: Path, rows: list[list[float]], labels: list[int]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*(f"p{i}" for i in range(len(rows[0]))), "label"])
+        writer.writerows([*row, label] for row, label in zip(rows, labels, strict=True))
+
+
+def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> None:
+    task = load_suite("split-digits").tasks[0]
+    dataset = tmp_path / "digits01.csv"
+    write_csv(dataset, task.x_train.tolist(), task.y_train.tolist())
+    with serve(tmp_path / "data") as service, ServiceClient(service.url) as client:
         client.wait_until_live(timeout=120)
-        roles = {"api", "importance", "trainer", "redis"}
-        wait_until(lambda: children_of(service.process.pid).keys() >= roles)
+        submitted = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mas_stream",
+                "submit",
+                "digits01",
+                str(dataset),
+                "--url",
+                service.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert '"status": "succeeded"' in submitted.stdout
+        served = client.predict("digits01", task.x_test.numpy())
+        accuracy = (task.y_test.numpy() == served["predictions"]).mean()
+        assert served["model_version"] == 1 and accuracy > 0.9
+
+        wait_until(lambda: children_of(service.process.pid).keys() >= ROLES, timeout=60)
         killed = children_of(service.process.pid)["importance"]
         os.kill(killed, signal.SIGKILL)
-        wait_until(lambda: children_of(service.process.pid).get("importance", killed) != killed)
+        wait_until(
+            lambda: children_of(service.process.pid).get("importance", killed) != killed,
+            timeout=60,
+        )
         assert client.http.get("/healthz").status_code == 200
+
         running = children_of(service.process.pid)
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(60) == 0
         wait_until(lambda: not any(alive(pid) for pid in running.values()), timeout=30)
+
+    with serve(tmp_path / "data") as again, ServiceClient(again.url) as client:
+        client.wait_until_live(timeout=120)
+        wait_until(lambda: client.http.get("/readyz").status_code == 200, timeout=60)
+        assert client.predict("digits01", task.x_test[:5].numpy())["model_version"] == 1
+        assert client.http.get("/v1/tasks/digits01").status_code == 200
