@@ -119,20 +119,30 @@ def _record(modules: dict[str, nn.Module]) -> Iterator[_Calls]:
             handle.remove()
 
 
-def _linear_sums(
-    inputs: list[torch.Tensor], deltas: list[torch.Tensor], reduce: Reduce
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_k reduce(per-sample gradient) of one Linear's weight and bias."""
+def _add_linear_sums(
+    weight_sum: torch.Tensor,
+    bias_sum: torch.Tensor | None,
+    inputs: list[torch.Tensor],
+    deltas: list[torch.Tensor],
+    reduce: Reduce,
+) -> None:
+    """Adds Σ_k reduce(per-sample gradient) of one Linear's weight (and bias) in place."""
     if len(inputs) == 1 and inputs[0].dim() == 2:
-        return reduce(deltas[0]).T @ reduce(inputs[0]), reduce(deltas[0]).sum(dim=0)
+        delta = reduce(deltas[0])
+        weight_sum.addmm_(delta.T, reduce(inputs[0]))
+        if bias_sum is not None:
+            bias_sum += delta.sum(dim=0)
+        return
     weight = sum(
         torch.einsum("bpo,bpi->boi", d.flatten(1, -2), a.flatten(1, -2))
         if a.dim() > 2
         else torch.einsum("bo,bi->boi", d, a)
         for a, d in zip(inputs, deltas, strict=True)
     )
-    bias = sum(d.flatten(1, -2).sum(dim=1) if d.dim() > 2 else d for d in deltas)
-    return reduce(weight).sum(dim=0), reduce(bias).sum(dim=0)
+    weight_sum += reduce(weight).sum(dim=0)
+    if bias_sum is not None:
+        bias = sum(d.flatten(1, -2).sum(dim=1) if d.dim() > 2 else d for d in deltas)
+        bias_sum += reduce(bias).sum(dim=0)
 
 
 def _vmap_sums(
@@ -197,10 +207,13 @@ def per_sample_gradient_sums(
                 deltas = [next(flat_deltas) for _ in calls.outputs[name]]
                 if any(d is None for d in deltas):
                     continue
-                weight, bias = _linear_sums(calls.inputs[name], deltas, reduce)
-                sums[_parameter_name(name, "weight")] += weight
-                if linears[name].bias is not None:
-                    sums[_parameter_name(name, "bias")] += bias
+                _add_linear_sums(
+                    sums[_parameter_name(name, "weight")],
+                    sums.get(_parameter_name(name, "bias")),
+                    calls.inputs[name],
+                    deltas,
+                    reduce,
+                )
             if general:
                 for name, value in _vmap_sums(model, general, x, y, task, loss, reduce).items():
                     sums[name] += value

@@ -2,7 +2,7 @@
 
 `python -m mas.bench.importance_speed [--json out.json]`: MLP 784-256-256 with a 10-way head on
 the 4,000 MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per second,
-best of --repeats.
+best of --repeats (the methods take turns within each round).
 """
 
 from __future__ import annotations
@@ -58,15 +58,22 @@ def functorch_sums(
     return sums
 
 
-def _best_rate(compute: Callable[[], Sums], samples: int, repeats: int) -> tuple[float, Sums]:
-    """Samples per second of the fastest of `repeats` runs (the first run also warms up)."""
-    best = float("inf")
-    result: Sums = {}
+def _best_rates(
+    computations: dict[str, tuple[Callable[[], Sums], int]], repeats: int
+) -> dict[str, tuple[float, Sums]]:
+    """Samples per second of each computation's fastest run. The computations take turns within
+    each round, so a slow spell of the machine hits all of them, not one: the ratios compare
+    like with like."""
+    best = dict.fromkeys(computations, float("inf"))
+    results: dict[str, Sums] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = compute()
-        best = min(best, time.perf_counter() - started)
-    return samples / best, result
+        for name, (compute, _) in computations.items():
+            started = time.perf_counter()
+            results[name] = compute()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {
+        name: (samples / best[name], results[name]) for name, (_, samples) in computations.items()
+    }
 
 
 def _relative_difference(a: Sums, b: Sums) -> float:
@@ -87,12 +94,17 @@ def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
             model, x, task=TASK, method=method, batch_size=batch_size
         )
 
-    loop_rate, loop = _best_rate(lambda: reference_loop(model, subset, TASK), len(subset), repeats)
-    exact_rate, exact = _best_rate(importance("exact", inputs), len(inputs), repeats)
-    batch_rate, _ = _best_rate(importance("batch", inputs), len(inputs), repeats)
-    vmap_rate, by_vmap = _best_rate(
-        lambda: functorch_sums(model, inputs, TASK, batch_size), len(inputs), repeats
+    rates = _best_rates(
+        {
+            "loop": (lambda: reference_loop(model, subset, TASK), len(subset)),
+            "exact": (importance("exact", inputs), len(inputs)),
+            "batch": (importance("batch", inputs), len(inputs)),
+            "vmap": (lambda: functorch_sums(model, inputs, TASK, batch_size), len(inputs)),
+        },
+        repeats,
     )
+    (loop_rate, loop), (exact_rate, exact) = rates["loop"], rates["exact"]
+    (batch_rate, _), (vmap_rate, by_vmap) = rates["batch"], rates["vmap"]
     exact_subset = mas.importance_sums(model, subset, task=TASK, batch_size=batch_size)
     return {
         "model": "MLP 784-256-256 + 10-way head",
@@ -150,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mas.bench.importance_speed")
     parser.add_argument("--loop-samples", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
