@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from mas_stream.client import ServiceClient
-from mas_stream.scenario import run_scenario
+from mas_stream.scenario import SERVICE_ENV, run_scenario
 
 
 def free_port() -> int:
@@ -111,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
     if _reachable(args.url):
         return _run(args.url, args)
     print(f"{args.url} is not reachable: starting a fresh service for the demo")
-    with fresh_service() as service:
+    with fresh_service(SERVICE_ENV) as service:
         return _run(service.url, args)

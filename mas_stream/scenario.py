@@ -23,6 +23,8 @@ from mas.data import TaskSplit
 from mas_stream.client import ServiceClient
 
 _EVAL_ROWS_PER_REQUEST = 250
+# The permuted suites' own definition: one shared 10-way head for every task.
+SERVICE_ENV = {"MAS_HEAD_MODE": "shared"}
 
 
 @dataclass

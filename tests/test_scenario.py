@@ -9,18 +9,18 @@ import pytest
 
 from mas_stream.client import ServiceClient
 from mas_stream.demo import fresh_service
-from mas_stream.scenario import ScenarioReport, run_scenario
+from mas_stream.scenario import SERVICE_ENV, ScenarioReport, run_scenario
 
 pytestmark = pytest.mark.slow
 
-# The suite's own definition (one shared 10-way head) and a quick job poll.
-SCENARIO_ENV = {"MAS_HEAD_MODE": "shared", "MAS_MODEL_POLL_SECONDS": "1"}
+SCENARIO_ENV = {**SERVICE_ENV, "MAS_MODEL_POLL_SECONDS": "1"}
 
 
 def scenario(env: dict[str, str]) -> tuple[ScenarioReport, str]:
     with fresh_service({**SCENARIO_ENV, **env}) as service, ServiceClient(service.url) as client:
         client.wait_until_live(timeout=120)
         report = run_scenario(client, tasks=4, first_traffic=2000, traffic_per_task=500)
+        print(f"task0 drop {report.drop('task0'):.4f}:", [s.accuracy for s in report.stages])
         return report, client.metrics_text()
 
 
