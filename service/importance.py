@@ -12,10 +12,8 @@ from typing import Any
 
 from mas.importance_stats import layer_summary
 from mas.store.omega import OmegaStore
-from mas.store.registry import ModelRegistry
+from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
 from service.state import ServedModel
-
-BOUNDARY_TENSORS = "omega_boundary"
 
 LayerSummary = dict[str, dict[str, float | None]]
 
@@ -45,7 +43,7 @@ class ImportanceView:
             merged = self._omega.merged(loaded.version)
             summary: LayerSummary = {}
             if merged is not None and merged.count > 0:
-                reference = self._registry.extra_tensors(loaded.version, BOUNDARY_TENSORS)
+                reference = self._registry.extra_tensors(loaded.version, OMEGA_BOUNDARY)
                 summary = layer_summary(merged.mean(), reference)
             self._cached = (key, summary)
             return summary

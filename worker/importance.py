@@ -29,7 +29,7 @@ from mas.importance_stats import layer_summary
 from mas.model import MultiHeadNet
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
-from mas.store.registry import ModelRegistry
+from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
 from mas.store.runtime import run_worker
 from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
 from mas.store.settings import Settings
@@ -268,7 +268,7 @@ class ImportanceWorker:
         if merged is None or merged.count == 0:
             return
         if version not in self._boundaries:
-            self._boundaries[version] = self._registry.extra_tensors(version, "omega_boundary")
+            self._boundaries[version] = self._registry.extra_tensors(version, OMEGA_BOUNDARY)
         summary = layer_summary(merged.mean(), self._boundaries[version])
         if version != self._layers_version:
             for gauge in _LAYER_GAUGES.values():

@@ -31,7 +31,7 @@ from mas.store.datasets import DatasetStore
 from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
-from mas.store.registry import ModelRegistry
+from mas.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
 from mas.store.runtime import run_worker
 from mas.store.settings import Settings
 from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
@@ -140,12 +140,14 @@ class Trainer:
         if parent is None:
             model, accuracy_before = self._first_model(data["meta"]["input_shape"]), {}
             anchor, boundary, omega_info = None, {}, {"source": "none", "samples": 0}
+            stored = {task: data}
         else:
             loaded = self.registry.load(parent, self.device)
             model = loaded.model
             accuracy_before = dict(loaded.manifest.get("metrics", {}).get("accuracy", {}))
-            omega_new, omega_info = self._boundary_importance(parent, model)
-            previous = self.registry.extra_tensors(parent, "omega_consolidated")
+            stored = {name: self.datasets.load(name) for name in model.tasks} | {task: data}
+            omega_new, omega_info = self._boundary_importance(parent, model, stored)
+            previous = self.registry.extra_tensors(parent, OMEGA_CONSOLIDATED)
             consolidated = consolidate(
                 None if previous is None else {k: v.to(self.device) for k, v in previous.items()},
                 omega_new,
@@ -153,7 +155,7 @@ class Trainer:
             )
             lam = float(params.get("lambda", self.settings.mas_lambda))
             anchor = QuadraticAnchor.at(model, consolidated, lam)
-            boundary = {"omega_consolidated": consolidated, "omega_boundary": omega_new}
+            boundary = {OMEGA_CONSOLIDATED: consolidated, OMEGA_BOUNDARY: omega_new}
         model.add_task(task, int(data["meta"]["num_classes"]))
         config = TrainConfig(
             epochs=int(params.get("epochs", self.settings.epochs)),
@@ -173,7 +175,7 @@ class Trainer:
             on_progress=report,
             should_stop=should_stop,
         )
-        accuracy_after = self._evaluate_all(model)
+        accuracy_after = self._evaluate_all(model, stored)
         activated, reason = self._retention_gate(accuracy_before, accuracy_after)
         version = self.registry.publish(
             model,
@@ -212,7 +214,7 @@ class Trainer:
         return build_model(spec, seed=self.settings.seed).to(self.device)
 
     def _boundary_importance(
-        self, version: int, model: MultiHeadNet
+        self, version: int, model: MultiHeadNet, stored: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Ω_new at the served parameters: from the traffic this version served when there was
         enough of it, otherwise from the stored training data of the tasks it knows."""
@@ -226,7 +228,7 @@ class Trainer:
             return omega, {"source": "traffic", "samples": int(traffic.count)}
         accumulator = ImportanceAccumulator()
         for task in model.tasks:
-            inputs = self.datasets.load(task)["x_train"]
+            inputs = stored[task]["x_train"]
             sums = importance_sums(
                 model,
                 inputs,
@@ -242,12 +244,13 @@ class Trainer:
             "traffic_samples": served,
         }
 
-    def _evaluate_all(self, model: MultiHeadNet) -> dict[str, float]:
-        accuracy = {}
-        for task in model.tasks:
-            data = self.datasets.load(task)
-            accuracy[task] = evaluate(model, task, data["x_holdout"], data["y_holdout"])
-        return accuracy
+    def _evaluate_all(
+        self, model: MultiHeadNet, stored: dict[str, dict[str, Any]]
+    ) -> dict[str, float]:
+        return {
+            task: evaluate(model, task, stored[task]["x_holdout"], stored[task]["y_holdout"])
+            for task in model.tasks
+        }
 
     def _retention_gate(
         self, before: dict[str, float], after: dict[str, float]

@@ -32,6 +32,12 @@ _READ_ONLY_FILE_MODE = 0o444
 _VERSION_DIRECTORY_MODE = 0o755
 
 
+# Extra tensors a version carries from its task boundary: the Ω it was trained against, and the
+# Ω_new of that boundary (the reference that importance drift is measured from).
+OMEGA_CONSOLIDATED = "omega_consolidated"
+OMEGA_BOUNDARY = "omega_boundary"
+
+
 class UnknownVersion(LookupError):
     """No published model version with this number."""
 
