@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,17 @@ from mas.bench import command
 from mas.bench.runner import default_lambda, protocol_config, run_method
 from mas.bench.suites import Suite, load_suite
 
-RESULT_KEYS = {"method", "lambda", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "seconds"}
+RESULT_KEYS = {
+    "method",
+    "lambda",
+    "seed",
+    "acc_matrix",
+    "avg_acc",
+    "forgetting",
+    "bwt",
+    "seconds",
+    "diverged",
+}
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -64,6 +75,7 @@ def test_split_digits_benchmark_writes_json_plot_and_sane_metrics(
         assert run["forgetting"] == pytest.approx(mas.average_forgetting(acc))
         assert run["bwt"] == pytest.approx(mas.backward_transfer(acc))
         assert run["seconds"] > 0
+        assert run["diverged"] is None
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     table = capsys.readouterr().out
@@ -86,13 +98,32 @@ def test_penalties_reduce_forgetting_on_a_permuted_suite() -> None:
     full = load_suite("permuted-digits")
     suite = Suite(full.name, full.tasks[:3], full.model_spec, full.protocol)
     config = replace(protocol_config(suite.protocol), epochs=5)
-    forgetting = {
-        method: run_method(suite, method, lam, seed=0, config=config)["forgetting"]
-        for method, lam in (("finetune", 0.0), ("ewc", 300.0), ("si", 300.0), ("mas", 1.0))
+    runs = {
+        method: run_method(suite, method, lam, seed=0, config=config)
+        for method, lam in (("finetune", 0.0), ("ewc", 100.0), ("si", 30.0), ("mas", 1.0))
     }
+    assert all(run["diverged"] is None for run in runs.values())
+    forgetting = {method: run["forgetting"] for method, run in runs.items()}
     assert forgetting["finetune"] > 0.3, forgetting
     for method in ("ewc", "si", "mas"):
         assert forgetting[method] < 0.5 * forgetting["finetune"], forgetting
+
+
+def test_a_diverging_lambda_is_reported_and_never_chosen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_json = tmp_path / "grid.json"
+    argv = ["--suite", "split-digits", "--validation", "--methods", "mas", "--epochs", "1"]
+    args = _parse([*argv, "--lambda-grid", "mas=0.1,1000000", "--json", str(out_json)])
+    assert command.run(args) == 0
+
+    stable, stiff = json.loads(out_json.read_text())["results"]
+    assert stable["diverged"] is None
+    assert re.match(r"task [1-4]: loss is (nan|inf|-inf) at step \d+", stiff["diverged"])
+    assert len(stiff["acc_matrix"]) == 5, "every task is still evaluated"
+    out = capsys.readouterr().out
+    assert "mas λ=1e+06 (diverged 1/1)" in out
+    assert "best λ for mas by validation ACC: 0.1" in out
 
 
 @pytest.mark.parametrize(

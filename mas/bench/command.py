@@ -163,12 +163,18 @@ def _mean_std(values: Sequence[float], spec: str) -> str:
     return f"{np.mean(values):{spec}} ± {std:{spec}}"
 
 
+def _group_label(method: str, lam: float, runs: Sequence[dict[str, Any]]) -> str:
+    diverged = sum(run.get("diverged") is not None for run in runs)
+    label = run_label(method, lam)
+    return f"{label} (diverged {diverged}/{len(runs)})" if diverged else label
+
+
 def format_table(result_json: dict[str, Any]) -> str:
     groups = group_runs(result_json)
     header = ["method", "seeds", *[name for name, _, _ in METRICS]]
     rows = [
         [
-            run_label(method, lam),
+            _group_label(method, lam, runs),
             str(len(runs)),
             *[_mean_std([run[key] for run in runs], spec) for _, key, spec in METRICS],
         ]
@@ -183,14 +189,17 @@ def format_table(result_json: dict[str, Any]) -> str:
 
 
 def best_lambdas(result_json: dict[str, Any]) -> dict[str, float]:
-    """Per penalised method run with several λ, the λ with the highest mean ACC."""
+    """Per penalised method run with several λ, the λ with the highest mean ACC; a λ that
+    diverged for any seed is never the best."""
     scores: dict[str, dict[float, float]] = {}
     for (method, lam), runs in group_runs(result_json).items():
-        scores.setdefault(method, {})[lam] = float(np.mean([run["avg_acc"] for run in runs]))
+        stable = all(run.get("diverged") is None for run in runs)
+        mean_acc = float(np.mean([run["avg_acc"] for run in runs])) if stable else -math.inf
+        scores.setdefault(method, {})[lam] = mean_acc
     return {
         method: max(by_lam, key=by_lam.__getitem__)
         for method, by_lam in scores.items()
-        if len(by_lam) > 1
+        if len(by_lam) > 1 and max(by_lam.values()) > -math.inf
     }
 
 

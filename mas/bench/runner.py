@@ -16,10 +16,10 @@ PENALISED = ("mas", "ewc", "si")
 # Chosen on each suite's validation split (docs/benchmarks.md, "λ grid"), never on test. Keyed
 # by suite because Ω's scale depends on the data, the heads and the model: λ does not transfer.
 DEFAULT_LAMBDAS: dict[str, dict[str, float]] = {
-    "split-digits": {"mas": 0.1, "ewc": 10.0, "si": 1.0},
-    "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 1.0},
-    "split-mnist-5k": {"mas": 1.0, "ewc": 1000.0, "si": 3000.0},
-    "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 10.0},
+    "split-digits": {"mas": 1.0, "ewc": 1000.0, "si": 1000.0},
+    "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 10.0},
+    "split-mnist-5k": {"mas": 0.01, "ewc": 10000.0, "si": 3000.0},
+    "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 30.0},
 }
 
 
@@ -67,7 +67,12 @@ def run_method(
     config: mas.TrainConfig | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """acc_matrix[i][j] is task j's accuracy after task i; cells j > i are None (no head yet)."""
+    """acc_matrix[i][j] is task j's accuracy after task i; cells j > i are None (no head yet).
+
+    A run whose training diverges (λΩ too stiff for the learning rate) is kept, not dropped: later
+    tasks are not trained and every cell is the accuracy of the model as it is, and `diverged`
+    says where it happened, so a λ grid shows where stability ends.
+    """
     config = replace(config or protocol_config(suite.protocol), seed=seed)
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -75,6 +80,7 @@ def run_method(
     strategy = mas.make_strategy(method, lam)
     num_tasks = len(suite.tasks)
     acc: list[list[float | None]] = []
+    diverged: str | None = None
     for index, task in enumerate(suite.tasks):
         model.add_task(task.name, task.num_classes)
 
@@ -82,7 +88,13 @@ def run_method(
             if on_progress is not None:
                 on_progress(RunProgress(method, lam, seed, index, num_tasks, progress))
 
-        strategy.learn(model, task.name, task.x_train, task.y_train, config, on_progress=report)
+        if diverged is None:
+            try:
+                strategy.learn(
+                    model, task.name, task.x_train, task.y_train, config, on_progress=report
+                )
+            except mas.TrainingDiverged as error:
+                diverged = f"task {index}: {error}"
         evaluated = [
             mas.evaluate(model, t.name, t.x_test, t.y_test) for t in suite.tasks[: index + 1]
         ]
@@ -96,6 +108,7 @@ def run_method(
         "forgetting": mas.average_forgetting(acc),
         "bwt": mas.backward_transfer(acc),
         "seconds": time.perf_counter() - started,
+        "diverged": diverged,
     }
 
 
