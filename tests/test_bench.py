@@ -117,13 +117,21 @@ def test_a_diverging_lambda_is_reported_and_never_chosen(
     args = _parse([*argv, "--lambda-grid", "mas=0.1,1000000", "--json", str(out_json)])
     assert command.run(args) == 0
 
-    stable, stiff = json.loads(out_json.read_text())["results"]
-    assert stable["diverged"] is None
-    assert re.match(r"task [1-4]: loss is (nan|inf|-inf) at step \d+", stiff["diverged"])
-    assert len(stiff["acc_matrix"]) == 5, "every task is still evaluated"
+    result = json.loads(out_json.read_text())
+    assert result["protocol"]["evaluation"] == "validation (5-fold)"
+    runs = result["results"]
+    assert sorted((run["lambda"], run["fold"]) for run in runs) == [
+        (lam, fold) for lam in (0.1, 1e6) for fold in range(5)
+    ]
+    for run in runs:
+        if run["lambda"] == 0.1:
+            assert run["diverged"] is None
+        else:
+            assert re.match(r"task [1-4]: loss is (nan|inf|-inf) at step \d+", run["diverged"])
+            assert len(run["acc_matrix"]) == 5, "every task is still evaluated"
     out = capsys.readouterr().out
-    assert "mas λ=1e+06 (diverged 1/1)" in out
-    assert "best λ for mas by validation ACC: 0.1" in out
+    assert "mas λ=1e+06 (diverged 5/5)" in out
+    assert "best λ for mas by validation (5-fold) ACC: 0.1" in out
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from mas.bench.suites import SUITES, load_suite, permutation
+from mas.bench.suites import SUITES, VALIDATION_FOLDS, load_suite, permutation
 
 
 def _rows(*arrays: torch.Tensor) -> np.ndarray:
@@ -53,17 +51,30 @@ def test_mnist_splits_are_stratified_and_heads_match_the_suite() -> None:
         assert np.bincount(task.y_test.numpy()).tolist() == [100] * 10
 
 
-def test_validation_comes_from_training_data_and_never_from_test() -> None:
+def test_validation_folds_partition_the_training_data_and_never_touch_test() -> None:
     for name in SUITES:
         full = load_suite(name)
-        tuned = load_suite(name, validation=True)
-        assert tuned.protocol["evaluation"] == "validation"
-        for before, after in zip(full.tasks, tuned.tasks, strict=True):
-            assert len(after.y_test) == math.ceil(0.1 * len(before.y_train))
-            np.testing.assert_array_equal(_rows(after.x_train, after.x_test), _rows(before.x_train))
-            shares = np.bincount(after.y_test.numpy()) / len(after.y_test)
-            expected = np.bincount(before.y_train.numpy()) / len(before.y_train)
-            assert np.abs(shares - expected).max() < 0.02
+        folds = [load_suite(name, fold=k) for k in range(VALIDATION_FOLDS)]
+        assert [f.protocol["evaluation"] for f in folds] == [
+            f"validation fold {k}/{VALIDATION_FOLDS}" for k in range(VALIDATION_FOLDS)
+        ]
+        for t, before in enumerate(full.tasks):
+            held_out = [fold.tasks[t] for fold in folds]
+            for after in held_out:
+                np.testing.assert_array_equal(
+                    _rows(after.x_train, after.x_test), _rows(before.x_train)
+                )
+                shares = np.bincount(after.y_test.numpy()) / len(after.y_test)
+                expected = np.bincount(before.y_train.numpy()) / len(before.y_train)
+                assert np.abs(shares - expected).max() < 0.02
+            validated = _rows(*[after.x_test for after in held_out])
+            np.testing.assert_array_equal(validated, _rows(before.x_train))
+            assert sum(len(after.y_test) for after in held_out) == len(before.y_train)
+
+
+def test_a_fold_outside_the_partition_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"fold must be in 0\.\.4"):
+        load_suite("split-digits", fold=VALIDATION_FOLDS)
 
 
 @pytest.mark.parametrize("name", ["split-digits", "split-mnist-5k"])

@@ -1,4 +1,4 @@
-"""`mas-stream bench`: run a suite, print mean ± std over seeds, write the JSON and the plot."""
+"""`mas-stream bench`: run a suite, print mean ± std over runs, write the JSON and the plot."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from mas.bench.runner import (
     planned_runs,
     protocol_config,
     run_benchmark,
+    run_cross_validation,
     run_label,
 )
-from mas.bench.suites import SUITES, load_suite
+from mas.bench.suites import SUITES, VALIDATION_FOLDS, load_suite
 
 METRICS = (
     ("ACC", "avg_acc", ".4f"),
@@ -138,7 +139,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validation",
         action="store_true",
-        help="evaluate on 10%% of each task's training data instead of the test split (tuning)",
+        help=f"tune: run everything on each of the {VALIDATION_FOLDS} cross-validation folds of "
+        "the training data instead of on the test split",
     )
     parser.add_argument("--json", type=Path, help="write every run's results here")
     parser.add_argument("--plot", type=Path, help="write the accuracy-matrix figure here (PNG)")
@@ -158,7 +160,7 @@ def _lambda_plan(args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def _mean_std(values: Sequence[float], spec: str) -> str:
-    """Sample standard deviation over seeds (0 for a single seed)."""
+    """Sample standard deviation over runs: seeds, and folds when cross-validating (0 for one)."""
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return f"{np.mean(values):{spec}} ± {std:{spec}}"
 
@@ -171,7 +173,7 @@ def _group_label(method: str, lam: float, runs: Sequence[dict[str, Any]]) -> str
 
 def format_table(result_json: dict[str, Any]) -> str:
     groups = group_runs(result_json)
-    header = ["method", "seeds", *[name for name, _, _ in METRICS]]
+    header = ["method", "runs", *[name for name, _, _ in METRICS]]
     rows = [
         [
             _group_label(method, lam, runs),
@@ -204,14 +206,17 @@ def best_lambdas(result_json: dict[str, Any]) -> dict[str, float]:
 
 
 def _progress_bar(
-    runs: list[tuple[str, float, int]],
+    runs: list[tuple[str, float, int]], folds: int
 ) -> tuple[tqdm, Callable[[RunProgress], None]]:
-    bar = tqdm(total=len(runs), file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+    total = len(runs) * folds
+    bar = tqdm(total=total, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
 
     def update(event: RunProgress) -> None:
-        done = runs.index((event.method, event.lam, event.seed)) + event.fraction
+        index = runs.index((event.method, event.lam, event.seed))
+        done = (event.fold or 0) * len(runs) + index + event.fraction
+        fold = "" if event.fold is None else f"fold {event.fold + 1}/{folds} "
         bar.set_description_str(
-            f"{run_label(event.method, event.lam)} seed {event.seed} "
+            f"{run_label(event.method, event.lam)} seed {event.seed} {fold}"
             f"task {event.task_index + 1}/{event.num_tasks} epoch {event.progress.epoch + 1}",
             refresh=False,
         )
@@ -233,13 +238,19 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    suite = load_suite(args.suite, validation=args.validation)
+    suite = load_suite(args.suite)
     config = protocol_config(suite.protocol)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
-    bar, on_progress = _progress_bar(planned_runs(suite.name, args.methods, args.seeds, plan))
+    runs = planned_runs(suite.name, args.methods, args.seeds, plan)
+    bar, on_progress = _progress_bar(runs, VALIDATION_FOLDS if args.validation else 1)
     with bar:
-        result = run_benchmark(suite, args.methods, args.seeds, plan, config, on_progress)
+        if args.validation:
+            result = run_cross_validation(
+                suite.name, args.methods, args.seeds, plan, config, on_progress
+            )
+        else:
+            result = run_benchmark(suite, args.methods, args.seeds, plan, config, on_progress)
     split = result["protocol"]["evaluation"]
     print(f"{suite.name}: {split} split, {config.epochs} epochs per task, seeds {args.seeds}")
     print(format_table(result))

@@ -10,15 +10,17 @@ from typing import Any
 import torch
 
 import mas
-from mas.bench.suites import Suite
+from mas.bench.suites import VALIDATION_FOLDS, Suite, load_suite
 
 PENALISED = ("mas", "ewc", "si")
-# Chosen on each suite's validation split (docs/benchmarks.md, "λ grid"), never on test. Keyed
-# by suite because Ω's scale depends on the data, the heads and the model: λ does not transfer.
+SIZES = ("train_size", "eval_size")
+# Chosen by 5-fold cross-validation on each suite's training data (docs/benchmarks.md, "λ grid"),
+# never on test. Keyed by suite because Ω's scale depends on the data, the heads and the model:
+# λ does not transfer.
 DEFAULT_LAMBDAS: dict[str, dict[str, float]] = {
-    "split-digits": {"mas": 1.0, "ewc": 1000.0, "si": 1000.0},
+    "split-digits": {"mas": 0.01, "ewc": 100.0, "si": 1.0},
     "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 10.0},
-    "split-mnist-5k": {"mas": 0.01, "ewc": 10000.0, "si": 3000.0},
+    "split-mnist-5k": {"mas": 0.1, "ewc": 1000.0, "si": 1000.0},
     "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 30.0},
 }
 
@@ -38,6 +40,7 @@ class RunProgress:
     task_index: int
     num_tasks: int
     progress: mas.Progress
+    fold: int | None = None
 
     @property
     def fraction(self) -> float:
@@ -144,6 +147,34 @@ def run_benchmark(
         for method, lam, seed in planned_runs(suite.name, methods, seeds, lambdas)
     ]
     return {"suite": suite.name, "protocol": protocol, "results": results}
+
+
+def run_cross_validation(
+    suite_name: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    lambdas: Mapping[str, Sequence[float]] | None = None,
+    config: mas.TrainConfig | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Every planned run on each validation fold of the suite's training data; each result
+    carries its `fold`, and a (method, λ) group's mean runs over seeds and folds."""
+    results: list[dict[str, Any]] = []
+    protocol: dict[str, Any] = {}
+    for fold in range(VALIDATION_FOLDS):
+
+        def report(event: RunProgress, fold: int = fold) -> None:
+            if on_progress is not None:
+                on_progress(replace(event, fold=fold))
+
+        result = run_benchmark(
+            load_suite(suite_name, fold=fold), methods, seeds, lambdas, config, report
+        )
+        results += [{**run, "fold": fold} for run in result["results"]]
+        sizes = {key: [*protocol.get(key, []), result["protocol"][key]] for key in SIZES}
+        protocol = {**result["protocol"], **sizes}
+    protocol["evaluation"] = f"validation ({VALIDATION_FOLDS}-fold)"
+    return {"suite": suite_name, "protocol": protocol, "results": results}
 
 
 def group_runs(result_json: Mapping[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:

