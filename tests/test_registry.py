@@ -105,6 +105,31 @@ def test_activate_moves_pointer_and_notifies_subscribers(
     assert int(redis_conn.get(keys.current_version)) == second
 
 
+def test_activate_replacing_moves_only_from_the_expected_version(
+    registry: ModelRegistry, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    first = publish(registry, model_with({"a": 2}, 0.1))
+    second = publish(registry, model_with({"a": 2}, 0.2), parent=first)
+    rival = publish(registry, model_with({"a": 2}, 0.3), parent=first)
+    subscriber = redis_conn.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(keys.events)
+    assert subscriber.get_message(timeout=1.0) is None
+    try:
+        assert registry.activate_replacing(first, parent=None)
+        assert not registry.activate_replacing(second, parent=None), "a version is served now"
+        assert registry.activate_replacing(second, parent=first)
+        assert not registry.activate_replacing(rival, parent=first), "first is no longer served"
+        events = [subscriber.get_message(timeout=2.0) for _ in range(3)]
+    finally:
+        subscriber.close()
+
+    assert registry.current_version() == second
+    assert [json.loads(event["data"]) for event in events if event] == [
+        {"event": "activated", "version": first},
+        {"event": "activated", "version": second},
+    ]
+
+
 def test_list_versions_sorted_with_current_flag(registry: ModelRegistry) -> None:
     assert registry.list_versions() == []
     versions = [publish(registry, model_with({"a": 2}, fill)) for fill in (0.1, 0.2, 0.3)]

@@ -150,6 +150,34 @@ def test_retention_gate_holds_a_version_that_forgets(
     assert stores["registry"].current_version() == 1
 
 
+def test_a_job_overtaken_by_another_activation_trains_again_on_top_of_it(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Two trainers start from v1; the slow one must not replace v2 with a model lacking task2."""
+    upload(stores, "task0", *digits_task(0))
+    make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+    slow_job = upload(stores, "task1", *digits_task(1), epochs=800)
+    slow = Trainer(settings, redis_conn, keys, consumer="slow", device=torch.device("cpu"))
+    runner = threading.Thread(target=slow.run_once, kwargs={"block_ms": 2000})
+    runner.start()
+    wait_until(lambda: (stores["jobs"].get(slow_job)["progress"] or 0) > 0)
+    fast_job = upload(stores, "task2", *digits_task(2), epochs=20)
+    fast = Trainer(settings, redis_conn, keys, consumer="fast", device=torch.device("cpu"))
+    assert fast.run_once(block_ms=2000)
+    runner.join(120)
+
+    fast_result = stores["jobs"].get(fast_job)["result"]
+    assert (fast_result["parent"], fast_result["version"], fast_result["restarts"]) == (1, 2, 0)
+    slow_record = stores["jobs"].get(slow_job)
+    assert slow_record["status"] == "succeeded", slow_record["error"]
+    slow_result = slow_record["result"]
+    assert (slow_result["parent"], slow_result["version"], slow_result["restarts"]) == (2, 3, 1)
+    assert slow_result["activated"]
+    assert stores["registry"].current_version() == 3
+    assert set(stores["registry"].load(3).model.tasks) == {"task0", "task1", "task2"}
+    assert [m["version"] for m in stores["registry"].list_versions()] == [1, 2, 3]
+
+
 def test_cancel_while_running_leaves_the_served_version(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:

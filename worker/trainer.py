@@ -47,6 +47,12 @@ TRAINING_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 JOB_PROGRESS = Gauge("mas_trainer_job_progress", "Progress (0-1) of the job being trained now.")
+# How often a job starts again because another job's version was activated while it trained.
+MAX_RESTARTS: Final = 3
+
+
+class ServedVersionMoved(RuntimeError):
+    """Every attempt of a job was overtaken by another job's activation."""
 
 
 class Trainer:
@@ -134,9 +140,27 @@ class Trainer:
         JOBS.labels(status=status).inc()
 
     def learn(self, job: JobRecord) -> dict[str, Any]:
+        """Trains on top of the served version. If another job's version is activated meanwhile,
+        this job's result would lack that job's task, so it starts again on top of the new one."""
+        data = self.datasets.load(job["task"])
+        for restarts in range(MAX_RESTARTS + 1):
+            parent = self.registry.current_version()
+            result = self._learn_from(parent, job, data)
+            if result is not None:
+                return {**result, "restarts": restarts}
+            log.info(
+                "job %s: served version moved from v%s while training; again", job["id"], parent
+            )
+        raise ServedVersionMoved(
+            f"the served version changed during each of {MAX_RESTARTS + 1} attempts; "
+            "other jobs keep activating versions, submit this task again later"
+        )
+
+    def _learn_from(
+        self, parent: int | None, job: JobRecord, data: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """None when the served version is no longer `parent` by the time this one is ready."""
         task, params = job["task"], job["params"]
-        data = self.datasets.load(task)
-        parent = self.registry.current_version()
         if parent is None:
             model, accuracy_before = self._first_model(data["meta"]["input_shape"]), {}
             anchor, boundary, omega_info = None, {}, {"source": "none", "samples": 0}
@@ -177,6 +201,8 @@ class Trainer:
         )
         accuracy_after = self._evaluate_all(model, stored)
         activated, reason = self._retention_gate(accuracy_before, accuracy_after)
+        if self.registry.current_version() != parent:
+            return None
         version = self.registry.publish(
             model,
             parent=parent,
@@ -190,8 +216,10 @@ class Trainer:
             },
             extra_tensors={name: _cpu(tensors) for name, tensors in boundary.items()},
         )
-        if activated:
-            self.registry.activate(version)
+        # The check above keeps superseded versions from being published; this compare-and-set
+        # closes the remaining window (a version published in it stays, unserved, in the list).
+        if activated and not self.registry.activate_replacing(version, parent):
+            return None
         return {
             "version": version,
             "parent": parent,

@@ -6,7 +6,6 @@ never changed afterwards; serving another version is one SET of the pointer plus
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -38,6 +37,19 @@ OMEGA_CONSOLIDATED = "omega_consolidated"
 OMEGA_BOUNDARY = "omega_boundary"
 
 
+# Moves the served-version pointer and announces it atomically. With ARGV[4] == "1" it moves only
+# if the pointer still holds ARGV[3] ("" for no version yet): a compare-and-set, so a trainer
+# never replaces a version it did not train on top of.
+_ACTIVATE_SCRIPT = """
+if ARGV[4] == '1' and (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], cjson.encode({event = 'activated', version = tonumber(ARGV[1])}))
+return 1
+"""
+
+
 class UnknownVersion(LookupError):
     """No published model version with this number."""
 
@@ -54,6 +66,7 @@ class ModelRegistry:
         self._redis = redis_client
         self._keys = keys
         self._models_dir = Path(models_dir)
+        self._activate_script = redis_client.register_script(_ACTIVATE_SCRIPT)
 
     def publish(
         self,
@@ -88,12 +101,26 @@ class ModelRegistry:
         return version
 
     def activate(self, version: int) -> None:
-        """Pointer and notification in one transaction, so subscribers never miss a move."""
+        """Serve `version` whatever is served now (an operator's promote or rollback)."""
+        self._move_pointer(version, expected=None, check=False)
+
+    def activate_replacing(self, version: int, parent: int | None) -> bool:
+        """Serve `version` only if `parent` is still served; False if the pointer moved.
+
+        Two trainers that started from the same parent cannot both win: the second would
+        otherwise replace the first's version with one that never learned the first's task.
+        """
+        return self._move_pointer(version, expected=parent, check=True)
+
+    def _move_pointer(self, version: int, *, expected: int | None, check: bool) -> bool:
+        """Pointer and notification in one script, so subscribers never miss a move."""
         self._require(version)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(self._keys.current_version, version)
-        pipe.publish(self._keys.events, json.dumps({"event": "activated", "version": version}))
-        pipe.execute()
+        expected_text = "" if expected is None else str(expected)
+        moved = self._activate_script(
+            keys=[self._keys.current_version],
+            args=[version, self._keys.events, expected_text, "1" if check else "0"],
+        )
+        return bool(moved)
 
     def current_version(self) -> int | None:
         raw = self._redis.get(self._keys.current_version)
