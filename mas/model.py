@@ -153,12 +153,17 @@ def build_model(
         raise DataValidationError("family", f"must be one of {sorted(FAMILIES)}, got {family!r}")
     if "input_shape" not in spec:
         raise DataValidationError("input_shape", "is required")
+    activation = spec.get("activation", "relu")
+    if family in BUILT_IN and activation not in ACTIVATIONS:
+        raise DataValidationError(
+            "activation", f"must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+        )
     spec = {**spec, "seed": int(spec.get("seed", seed))}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["seed"])
         trunk, feature_dim = FAMILIES[family](spec)
         if family in BUILT_IN:
-            _initialise(trunk, spec.get("activation", "relu"))
+            _initialise(trunk, activation)
     model = MultiHeadNet(spec, trunk, feature_dim)
     for name, num_classes in (tasks or {}).items():
         model.add_task(name, int(num_classes))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -180,6 +182,34 @@ def test_model_rebuilds_identically_from_its_spec_and_tasks() -> None:
     assert cnn(torch.randn(2, 1, 8, 8), "a").shape == (2, 3)
     shared = mas.build_model({**SPEC, "head_mode": "shared", "shared_classes": 5}, {"a": 3})
     assert shared(torch.randn(2, 10), "a").shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("family", "activation", "input_shape", "variance"),
+    [
+        ("mlp", "relu", [400], lambda fan_in, fan_out: 2 / fan_in),
+        ("cnn", "gelu", [4, 8, 8], lambda fan_in, fan_out: 2 / fan_in),
+        ("mlp", "tanh", [400], lambda fan_in, fan_out: (5 / 3) ** 2 * 2 / (fan_in + fan_out)),
+    ],
+)
+def test_built_in_trunks_start_variance_preserving_with_zero_biases(
+    family: str, activation: str, input_shape: list[int], variance: Callable[[int, int], float]
+) -> None:
+    spec = {"family": family, "input_shape": input_shape, "activation": activation}
+    model = mas.build_model({**spec, "hidden": [300], "channels": [64]})
+    layers = [m for m in model.trunk.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        receptive = layer.weight[0, 0].numel()
+        expected = variance(fan_in, fan_out * receptive)
+        assert layer.weight.var().item() == pytest.approx(expected, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_an_unknown_activation_is_named() -> None:
+    with pytest.raises(mas.DataValidationError) as error:
+        mas.build_model({**SPEC, "activation": "swish"})
+    assert error.value.field == "activation" and "swish" in error.value.problem
 
 
 def test_factory_family_builds_a_user_trunk() -> None:
