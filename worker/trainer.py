@@ -3,8 +3,9 @@
 One job: consolidate Ω (traffic Ω of the served version when it has enough samples, else Ω from
 the stored training data of the earlier tasks), anchor θ* at the served parameters, train the new
 head and the shared trunk with λ Σ Ω (θ − θ*)², evaluate every known task on its held-out split,
-publish an immutable new version and activate it only if the retention gate passes. Nothing the
-API serves changes until that last step, so a failed, cancelled or killed job leaves it untouched.
+publish an immutable new version and activate it only if the retention gate passes and the parent
+is still the served version. Nothing the API serves changes until that last step, so a failed,
+cancelled or killed job leaves it untouched.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ TRAINING_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 JOB_PROGRESS = Gauge("mas_trainer_job_progress", "Progress (0-1) of the job being trained now.")
-# How often a job starts again because another job's version was activated while it trained.
+# The most times a job starts again because another job's version was activated while it trained.
 MAX_RESTARTS: Final = 3
 
 

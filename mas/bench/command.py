@@ -192,7 +192,7 @@ def format_table(result_json: dict[str, Any]) -> str:
 
 def best_lambdas(result_json: dict[str, Any]) -> dict[str, float]:
     """Per penalised method run with several λ, the λ with the highest mean ACC; a λ that
-    diverged for any seed is never the best."""
+    diverged in any of its runs is never the best."""
     scores: dict[str, dict[float, float]] = {}
     for (method, lam), runs in group_runs(result_json).items():
         stable = all(run.get("diverged") is None for run in runs)

@@ -178,7 +178,7 @@ def run_cross_validation(
 
 
 def group_runs(result_json: Mapping[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:
-    """Runs of the same (method, λ) over different seeds, in the order they were run."""
+    """Runs of the same (method, λ) over seeds (and folds), in the order they were run."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for result in result_json["results"]:
         groups.setdefault((result["method"], result["lambda"]), []).append(result)
