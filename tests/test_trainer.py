@@ -69,8 +69,10 @@ def digits_task(index: int) -> tuple[np.ndarray, np.ndarray]:
     return split.x_train.numpy(), split.y_train.numpy()
 
 
-def make_trainer(settings: Settings, redis_conn: redis.Redis, keys: Keys) -> Trainer:
-    return Trainer(settings, redis_conn, keys, consumer="trainer-test", device=torch.device("cpu"))
+def make_trainer(
+    settings: Settings, redis_conn: redis.Redis, keys: Keys, consumer: str = "trainer-test"
+) -> Trainer:
+    return Trainer(settings, redis_conn, keys, consumer=consumer, device=torch.device("cpu"))
 
 
 def test_tasks_become_versions_with_data_importance_and_frozen_old_heads(
@@ -157,12 +159,12 @@ def test_a_job_overtaken_by_another_activation_trains_again_on_top_of_it(
     upload(stores, "task0", *digits_task(0))
     make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
     slow_job = upload(stores, "task1", *digits_task(1), epochs=800)
-    slow = Trainer(settings, redis_conn, keys, consumer="slow", device=torch.device("cpu"))
+    slow = make_trainer(settings, redis_conn, keys, consumer="slow")
     runner = threading.Thread(target=slow.run_once, kwargs={"block_ms": 2000})
     runner.start()
     wait_until(lambda: (stores["jobs"].get(slow_job)["progress"] or 0) > 0)
     fast_job = upload(stores, "task2", *digits_task(2), epochs=20)
-    fast = Trainer(settings, redis_conn, keys, consumer="fast", device=torch.device("cpu"))
+    fast = make_trainer(settings, redis_conn, keys, consumer="fast")
     assert fast.run_once(block_ms=2000)
     runner.join(120)
 
