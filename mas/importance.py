@@ -5,7 +5,8 @@ nn.Linear whose input is one vector per sample, the per-sample gradient of W is 
 δ_k a_kᵀ and reduce is multiplicative, so Σ_k reduce(δ_k a_kᵀ) = reduce(Δ)ᵀ reduce(A): the exact
 per-sample statistic for the cost of one batched backward. Linear layers reused within a sample get
 their per-sample gradients by einsum; every other parameter (convolutions, norms, custom modules)
-falls back to torch.func's vmap(grad).
+falls back to torch.func's vmap(grad). The "jacobian" method is the paper's definition before
+its squared-norm shortcut, for comparison: the ℓ2 norm over outputs of ∂F(x_k)/∂θ, per sample.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
-Method = Literal["exact", "batch", "local"]
-METHODS: tuple[str, ...] = ("exact", "batch", "local")
+Method = Literal["exact", "batch", "local", "jacobian"]
+METHODS: tuple[str, ...] = ("exact", "batch", "local", "jacobian")
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -145,6 +146,18 @@ def _add_linear_sums(
         bias_sum += reduce(bias).sum(dim=0)
 
 
+def _single_sample(
+    model: nn.Module, task: str | None
+) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """F(x_k) of one sample as a function of the given parameters, for torch.func transforms."""
+
+    def outputs(params: dict[str, torch.Tensor], xk: torch.Tensor) -> torch.Tensor:
+        args = (xk.unsqueeze(0),) if task is None else (xk.unsqueeze(0), task)
+        return functional_call(model, params, args, strict=False)
+
+    return outputs
+
+
 def _vmap_sums(
     model: nn.Module,
     names: list[str],
@@ -157,13 +170,12 @@ def _vmap_sums(
     """Per-sample gradients of the named parameters with torch.func, reduced and summed."""
     parameters = dict(model.named_parameters())
     selected = {name: parameters[name].detach() for name in names}
+    outputs = _single_sample(model, task)
 
     def sample_loss(
         params: dict[str, torch.Tensor], xk: torch.Tensor, yk: torch.Tensor | None
     ) -> torch.Tensor:
-        args = (xk.unsqueeze(0),) if task is None else (xk.unsqueeze(0), task)
-        outputs = functional_call(model, params, args, strict=False)
-        return loss(outputs, None if yk is None else yk.unsqueeze(0)).sum()
+        return loss(outputs(params, xk), None if yk is None else yk.unsqueeze(0)).sum()
 
     in_dims = (None, 0, None if targets is None else 0)
     per_sample = vmap(grad(sample_loss), in_dims=in_dims)(selected, x, targets)
@@ -238,6 +250,70 @@ def _batch_sums(
     return dict(zip(names, sums, strict=True))
 
 
+def _vmap_jacobians(
+    model: nn.Module, selected: dict[str, torch.Tensor], x: torch.Tensor, task: str | None
+) -> dict[str, torch.Tensor]:
+    """Per-sample Jacobians ∂F(x_k)/∂θ of the selected parameters: (samples, outputs, *shape)."""
+    outputs = _single_sample(model, task)
+
+    def flat_outputs(params: dict[str, torch.Tensor], xk: torch.Tensor) -> torch.Tensor:
+        return outputs(params, xk).flatten()
+
+    return vmap(jacrev(flat_outputs), in_dims=(None, 0))(selected, x)
+
+
+def _jacobian_sums(
+    model: nn.Module, inputs: torch.Tensor, task: str | None, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """The paper's eq. 3 before its shortcut: Σ_k ‖∂F(x_k)/∂θ_ij‖₂, the norm over the outputs.
+
+    One backward per output dimension. A Linear called once per sample needs only the per-unit
+    norm over outputs of its backpropagated signal, since ‖δ_kj^c a_ki‖_c = ‖δ_kj‖_c |a_ki|;
+    every other parameter gets per-sample Jacobians from torch.func (memory: batch × outputs).
+    """
+    device = _model_device(model)
+    parameters = dict(model.named_parameters())
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    linears = _linear_modules(model)
+    with _importance_pass(model):
+        for start in range(0, inputs.shape[0], batch_size):
+            x = inputs[start : start + batch_size].to(device)
+            with _record(linears) as calls:
+                outputs = _forward(model, x, task).flatten(1)
+            fast = [
+                name
+                for name, seen in calls.outputs.items()
+                if len(seen) == 1 and seen[0].dim() == 2
+            ]
+            squares = [torch.zeros_like(calls.outputs[name][0]) for name in fast]
+            for column in range(outputs.shape[1] if fast else 0):
+                deltas = torch.autograd.grad(
+                    outputs[:, column].sum(),
+                    [calls.outputs[name][0] for name in fast],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+                for square, delta in zip(squares, deltas, strict=True):
+                    if delta is not None:
+                        square += delta.square()
+            for name, square in zip(fast, squares, strict=True):
+                norm = square.sqrt()
+                sums[_parameter_name(name, "weight")].addmm_(norm.T, calls.inputs[name][0].abs())
+                if linears[name].bias is not None:
+                    sums[_parameter_name(name, "bias")] += norm.sum(dim=0)
+            # Linears this forward never called have zero Jacobians; the rest need torch.func.
+            skipped = {name for name in linears if name in fast or name not in calls.outputs}
+            rest = {
+                name: p.detach()
+                for name, p in parameters.items()
+                if name.rpartition(".")[0] not in skipped
+            }
+            if rest:
+                for name, jacobian in _vmap_jacobians(model, rest, x, task).items():
+                    sums[name] += jacobian.square().sum(dim=1).sqrt().sum(dim=0)
+    return sums
+
+
 def _activation_after(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[str, nn.Module]:
     """The elementwise nonlinearity applied right after each Linear inside a Sequential, if any."""
     following: dict[str, nn.Module] = {}
@@ -307,6 +383,8 @@ def importance_sums(
         return _batch_sums(model, inputs, task, batch_size)
     if method == "local":
         return _local_sums(model, inputs, task, batch_size)
+    if method == "jacobian":
+        return _jacobian_sums(model, inputs, task, batch_size)
     return per_sample_gradient_sums(model, inputs, task=task, batch_size=batch_size)
 
 

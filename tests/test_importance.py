@@ -73,6 +73,8 @@ def test_exact_handles_a_linear_layer_reused_within_a_sample() -> None:
         for name, g in zip(parameters, grads, strict=True):
             expected[name] += g.abs() / x.shape[0]
     assert_close(mas.compute_importance(model, x, batch_size=8), expected)
+    jacobian = mas.compute_importance(model, x, method="jacobian", batch_size=8)
+    assert_close(jacobian, jacobian_reference(model, x, None))
 
 
 def test_batch_method_is_the_batch_formula_and_never_above_exact() -> None:
@@ -121,7 +123,45 @@ def test_local_method_refuses_convolutions() -> None:
         )
 
 
-@pytest.mark.parametrize("method", ["exact", "batch", "local"])
+def jacobian_reference(
+    model: nn.Module, x: torch.Tensor, task: str | None
+) -> dict[str, torch.Tensor]:
+    """One backward per sample and per output; the ℓ2 norm over outputs, averaged over samples."""
+    model.eval()
+    parameters = dict(model.named_parameters())
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    for k in range(x.shape[0]):
+        outputs = (model(x[k : k + 1]) if task is None else model(x[k : k + 1], task))[0]
+        squares = {name: torch.zeros_like(p) for name, p in parameters.items()}
+        for column in range(outputs.shape[0]):
+            grads = torch.autograd.grad(
+                outputs[column], list(parameters.values()), retain_graph=True, allow_unused=True
+            )
+            for name, g in zip(parameters, grads, strict=True):
+                if g is not None:
+                    squares[name] += g.square()
+        for name in parameters:
+            sums[name] += squares[name].sqrt()
+    return {name: value / x.shape[0] for name, value in sums.items()}
+
+
+@pytest.mark.parametrize(("spec", "shape"), [(MLP, (29, 64)), (CNN, (17, 1, 8, 8))])
+def test_jacobian_method_matches_one_backward_per_sample_and_output(
+    spec: dict, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(8)
+    model = trained_model(spec)
+    x = torch.randn(*shape)
+    jacobian = mas.compute_importance(model, x, task="a", method="jacobian", batch_size=8)
+    assert_close(jacobian, jacobian_reference(model, x, "a"))
+    assert all(jacobian[name].abs().sum() == 0 for name in jacobian if name.startswith("heads.b"))
+    head = model.heads["a"]
+    features = model.trunk(x).detach().abs().mean(dim=0)
+    # ∂F_c/∂W_cj = h_j for every output c, whatever the size of F_c.
+    torch.testing.assert_close(jacobian["heads.a.weight"], features.expand_as(head.weight))
+
+
+@pytest.mark.parametrize("method", ["exact", "batch", "local", "jacobian"])
 def test_pass_leaves_the_model_unchanged(method: str) -> None:
     class WithState(nn.Module):
         def __init__(self) -> None:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mas.importance import Method
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAS_", extra="ignore")
@@ -41,8 +43,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present.")
 
     # Importance worker.
-    importance_method: Literal["exact", "batch", "local"] = Field(
-        "exact", description="Ω estimator: per-sample (paper), batch formula, or l-MAS."
+    importance_method: Method = Field(
+        "exact",
+        description="Ω estimator: per-sample (paper), batch formula, l-MAS, or per-output norm.",
     )
     importance_batch: int = Field(256, description="Samples per importance pass.")
     checkpoint_every: int = Field(1, description="Stream reads between Ω checkpoints.")
