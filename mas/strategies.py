@@ -11,20 +11,30 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mas.importance import compute_importance, negative_log_likelihood, per_sample_gradient_sums
+from mas.importance import (
+    Method,
+    compute_importance,
+    negative_log_likelihood,
+    per_sample_gradient_sums,
+)
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor, consolidate
 from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_tasks
 
 ProgressCallback = Callable[[Progress], None] | None
 Importance = dict[str, torch.Tensor]
+Estimate = Callable[[MultiHeadNet, str, torch.Tensor, torch.Tensor], Importance]
 
 SI_DAMPING = 0.1
 
 
-def mas_importance(model: MultiHeadNet, task: str, x: torch.Tensor, _y: torch.Tensor) -> Importance:
+def mas_importance(method: Method) -> Estimate:
     """Label-free: the labels are ignored."""
-    return compute_importance(model, x, task=task)
+
+    def estimate(model: MultiHeadNet, task: str, x: torch.Tensor, _y: torch.Tensor) -> Importance:
+        return compute_importance(model, x, task=task, method=method)
+
+    return estimate
 
 
 def empirical_fisher(
@@ -89,7 +99,7 @@ class Regularized(Strategy):
     def __init__(
         self,
         lam: float,
-        estimate: Callable[[MultiHeadNet, str, torch.Tensor, torch.Tensor], Importance],
+        estimate: Estimate,
         gamma: float = 1.0,
     ) -> None:
         self.lam = lam
@@ -151,7 +161,8 @@ class SynapticIntelligence(Regularized):
         return self._path.importance(model)
 
 
-STRATEGIES = ("finetune", "mas", "ewc", "si", "joint")
+# "mas" is MAS.md's Ω; "mas-jacobian" the paper's per-output norm it approximates, for comparison.
+STRATEGIES = ("finetune", "mas", "ewc", "si", "joint", "mas-jacobian")
 
 
 def make_strategy(name: str, lam: float = 0.0, gamma: float = 1.0) -> Strategy:
@@ -160,7 +171,9 @@ def make_strategy(name: str, lam: float = 0.0, gamma: float = 1.0) -> Strategy:
     if name == "joint":
         return Joint()
     if name == "mas":
-        return Regularized(lam, mas_importance, gamma)
+        return Regularized(lam, mas_importance("exact"), gamma)
+    if name == "mas-jacobian":
+        return Regularized(lam, mas_importance("jacobian"), gamma)
     if name == "ewc":
         return Regularized(lam, empirical_fisher, gamma)
     if name == "si":

@@ -100,12 +100,18 @@ def test_penalties_reduce_forgetting_on_a_permuted_suite() -> None:
     config = replace(protocol_config(suite.protocol), epochs=5)
     runs = {
         method: run_method(suite, method, lam, seed=0, config=config)
-        for method, lam in (("finetune", 0.0), ("ewc", 100.0), ("si", 30.0), ("mas", 1.0))
+        for method, lam in (
+            ("finetune", 0.0),
+            ("ewc", 100.0),
+            ("si", 30.0),
+            ("mas", 1.0),
+            ("mas-jacobian", 3.0),
+        )
     }
     assert all(run["diverged"] is None for run in runs.values())
     forgetting = {method: run["forgetting"] for method, run in runs.items()}
     assert forgetting["finetune"] > 0.3, forgetting
-    for method in ("ewc", "si", "mas"):
+    for method in ("ewc", "si", "mas", "mas-jacobian"):
         assert forgetting[method] < 0.5 * forgetting["finetune"], forgetting
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from mas import STRATEGIES
 from mas.bench.plot import plot_results
 from mas.bench.runner import (
+    DEFAULT_METHODS,
     PENALISED,
     RunProgress,
     group_runs,
@@ -113,8 +114,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         type=_methods,
-        default=list(STRATEGIES),
-        help=f"comma-separated, from {','.join(STRATEGIES)} (default: all)",
+        default=list(DEFAULT_METHODS),
+        help=f"comma-separated, from {','.join(STRATEGIES)} (default: {','.join(DEFAULT_METHODS)})",
     )
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated (default: 0)")
     parser.add_argument(

@@ -12,16 +12,18 @@ import torch
 import mas
 from mas.bench.suites import VALIDATION_FOLDS, Suite, load_suite
 
-PENALISED = ("mas", "ewc", "si")
+PENALISED = ("mas", "ewc", "si", "mas-jacobian")
+# What `mas-stream bench` runs unless told otherwise: MAS, its peers and the two bounds.
+DEFAULT_METHODS = ("finetune", "mas", "ewc", "si", "joint")
 SIZES = ("train_size", "eval_size")
 # Chosen by 5-fold cross-validation on each suite's training data (docs/benchmarks.md, "λ grid"),
 # never on test. Keyed by suite because Ω's scale depends on the data, the heads and the model:
 # λ does not transfer.
 DEFAULT_LAMBDAS: dict[str, dict[str, float]] = {
-    "split-digits": {"mas": 0.01, "ewc": 100.0, "si": 1.0},
-    "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 10.0},
-    "split-mnist-5k": {"mas": 0.1, "ewc": 1000.0, "si": 1000.0},
-    "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 30.0},
+    "split-digits": {"mas": 0.01, "ewc": 100.0, "si": 1.0, "mas-jacobian": 0.1},
+    "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 10.0, "mas-jacobian": 0.1},
+    "split-mnist-5k": {"mas": 0.1, "ewc": 1000.0, "si": 1000.0, "mas-jacobian": 1.0},
+    "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 30.0, "mas-jacobian": 0.1},
 }
 
 
@@ -122,10 +124,11 @@ def planned_runs(
     lambdas: Mapping[str, Sequence[float]] | None = None,
 ) -> list[tuple[str, float, int]]:
     """(method, λ, seed) in run order; a method missing from `lambdas` gets its default λ."""
+    lambdas = lambdas or {}
     return [
         (method, lam, seed)
         for method in methods
-        for lam in (lambdas or {}).get(method, [default_lambda(suite, method)])
+        for lam in (lambdas[method] if method in lambdas else [default_lambda(suite, method)])
         for seed in seeds
     ]
 
