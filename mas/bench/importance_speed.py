@@ -99,12 +99,14 @@ def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
             "loop": (lambda: reference_loop(model, subset, TASK), len(subset)),
             "exact": (importance("exact", inputs), len(inputs)),
             "batch": (importance("batch", inputs), len(inputs)),
+            "jacobian": (importance("jacobian", inputs), len(inputs)),
             "vmap": (lambda: functorch_sums(model, inputs, TASK, batch_size), len(inputs)),
         },
         repeats,
     )
     (loop_rate, loop), (exact_rate, exact) = rates["loop"], rates["exact"]
     (batch_rate, _), (vmap_rate, by_vmap) = rates["batch"], rates["vmap"]
+    jacobian_rate = rates["jacobian"][0]
     exact_subset = mas.importance_sums(model, subset, task=TASK, batch_size=batch_size)
     return {
         "model": "MLP 784-256-256 + 10-way head",
@@ -116,12 +118,14 @@ def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
             "loop": loop_rate,
             "exact": exact_rate,
             "batch": batch_rate,
+            "jacobian": jacobian_rate,
             "vmap": vmap_rate,
         },
         "ratios": {
             "exact/loop": exact_rate / loop_rate,
             "exact/batch": exact_rate / batch_rate,
             "exact/vmap": exact_rate / vmap_rate,
+            "exact/jacobian": exact_rate / jacobian_rate,
         },
         "max_relative_difference": {
             "exact vs loop": _relative_difference(exact_subset, loop),
@@ -135,6 +139,7 @@ def format_report(report: dict[str, Any]) -> str:
         "loop": f"reference loop (1 backward/sample, {report['loop_samples']} samples)",
         "exact": "importance_sums exact (per-sample)",
         "batch": f"importance_sums batch (batch {report['batch_size']})",
+        "jacobian": "importance_sums jacobian (per-output norm)",
         "vmap": "torch.func vmap(grad) exact",
     }
     width = max(len(name) for name in names.values())
