@@ -297,10 +297,13 @@ def _jacobian_sums(
                     if delta is not None:
                         square += delta.square()
             for name, square in zip(fast, squares, strict=True):
-                norm = square.sqrt()
-                sums[_parameter_name(name, "weight")].addmm_(norm.T, calls.inputs[name][0].abs())
-                if linears[name].bias is not None:
-                    sums[_parameter_name(name, "bias")] += norm.sum(dim=0)
+                _add_linear_sums(
+                    sums[_parameter_name(name, "weight")],
+                    sums.get(_parameter_name(name, "bias")),
+                    calls.inputs[name],
+                    [square.sqrt()],
+                    torch.abs,
+                )
             # Linears this forward never called have zero Jacobians; the rest need torch.func.
             skipped = {name for name in linears if name in fast or name not in calls.outputs}
             rest = {
