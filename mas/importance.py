@@ -76,7 +76,8 @@ def _importance_pass(model: nn.Module) -> Iterator[None]:
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    """Linear modules whose parameters belong to them alone (tied weights take the general path)."""
+    """Linear modules that own their weight alone: tied weights and parametrized weights
+    (weight_norm, spectral_norm) take the general path."""
     owners: dict[int, int] = {}
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
@@ -85,8 +86,14 @@ def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
         name: module
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
+        and isinstance(module._parameters.get("weight"), nn.Parameter)
         and all(owners[id(p)] == 1 for p in module.parameters(recurse=False))
     }
+
+
+def _owner(parameter_name: str) -> str:
+    """The name of the module a parameter belongs to directly."""
+    return parameter_name.rpartition(".")[0]
 
 
 def _parameter_name(module_name: str, attribute: str) -> str:
@@ -105,10 +112,17 @@ class _Calls:
 def _record(modules: dict[str, nn.Module]) -> Iterator[_Calls]:
     calls = _Calls()
 
-    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-        def save(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def hook(
+        name: str,
+    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
+        def save(
+            _module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor:
             calls.inputs.setdefault(name, []).append(args[0].detach())
             calls.outputs.setdefault(name, []).append(output)
+            # The model goes on with a copy, so an in-place op after the layer (ReLU(inplace=True))
+            # cannot rewrite the tensor whose gradient is δ.
+            return output.clone()
 
         return save
 
@@ -118,6 +132,36 @@ def _record(modules: dict[str, nn.Module]) -> Iterator[_Calls]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _row_linears(
+    linears: dict[str, nn.Linear], calls: _Calls, total: torch.Tensor, batch: int
+) -> tuple[set[str], set[str]]:
+    """(per_row, unused): Linears called with one sample per row of dim 0, whose per-sample
+    gradients are products of recorded tensors; and Linears this forward did not use at all.
+
+    Any other Linear needs torch.func: one whose rows are not samples (x.reshape(B * T, F),
+    sequence-first input) or one whose weight is used without calling it (nn.MultiheadAttention
+    uses out_proj.weight directly).
+    """
+    per_row = {
+        name
+        for name, seen in calls.inputs.items()
+        if all(a.dim() >= 2 and a.shape[0] == batch for a in seen)
+    }
+    silent = [
+        (name, p)
+        for name, module in linears.items()
+        if name not in calls.outputs
+        for p in module.parameters(recurse=False)
+    ]
+    grads = (
+        torch.autograd.grad(total, [p for _, p in silent], allow_unused=True, retain_graph=True)
+        if silent
+        else ()
+    )
+    used = {name for (name, _), g in zip(silent, grads, strict=True) if g is not None}
+    return per_row, {name for name, _ in silent} - used
 
 
 def _add_linear_sums(
@@ -200,21 +244,18 @@ def per_sample_gradient_sums(
         for name, p in parameters.items()
     }
     linears = _linear_modules(model)
-    covered = {
-        _parameter_name(module_name, attribute)
-        for module_name, module in linears.items()
-        for attribute, _ in module.named_parameters(recurse=False)
-    }
-    general = [name for name in parameters if name not in covered]
     with _importance_pass(model):
         for start in range(0, inputs.shape[0], batch_size):
             x = inputs[start : start + batch_size].to(device)
             y = None if targets is None else targets[start : start + batch_size].to(device)
             with _record(linears) as calls:
                 total = loss(_forward(model, x, task), y).sum()
-            used = list(calls.outputs)
+            per_row, unused = _row_linears(linears, calls, total, x.shape[0])
+            used = [name for name in calls.outputs if name in per_row]
             flat_outputs = [out for name in used for out in calls.outputs[name]]
-            flat_deltas = iter(torch.autograd.grad(total, flat_outputs, allow_unused=True))
+            flat_deltas = iter(
+                torch.autograd.grad(total, flat_outputs, allow_unused=True) if flat_outputs else ()
+            )
             for name in used:
                 deltas = [next(flat_deltas) for _ in calls.outputs[name]]
                 if any(d is None for d in deltas):
@@ -226,6 +267,7 @@ def per_sample_gradient_sums(
                     deltas,
                     reduce,
                 )
+            general = [name for name in parameters if _owner(name) not in per_row | unused]
             if general:
                 for name, value in _vmap_sums(model, general, x, y, task, loss, reduce).items():
                     sums[name] += value
@@ -280,10 +322,11 @@ def _jacobian_sums(
             x = inputs[start : start + batch_size].to(device)
             with _record(linears) as calls:
                 outputs = _forward(model, x, task).flatten(1)
+            per_row, unused = _row_linears(linears, calls, outputs.sum(), x.shape[0])
             fast = [
                 name
                 for name, seen in calls.outputs.items()
-                if len(seen) == 1 and seen[0].dim() == 2
+                if name in per_row and len(seen) == 1 and seen[0].dim() == 2
             ]
             squares = [torch.zeros_like(calls.outputs[name][0]) for name in fast]
             for column in range(outputs.shape[1] if fast else 0):
@@ -304,12 +347,9 @@ def _jacobian_sums(
                     [square.sqrt()],
                     torch.abs,
                 )
-            # Linears this forward never called have zero Jacobians; the rest need torch.func.
-            skipped = {name for name in linears if name in fast or name not in calls.outputs}
+            skipped = unused.union(fast)
             rest = {
-                name: p.detach()
-                for name, p in parameters.items()
-                if name.rpartition(".")[0] not in skipped
+                name: p.detach() for name, p in parameters.items() if _owner(name) not in skipped
             }
             if rest:
                 for name, jacobian in _vmap_jacobians(model, rest, x, task).items():
@@ -323,7 +363,9 @@ def _activation_after(model: nn.Module, linears: dict[str, nn.Linear]) -> dict[s
     for parent_name, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential):
             continue
-        children = list(parent.named_children())
+        # _modules, not named_children(): an activation instance reused between layers is listed
+        # at every position it holds.
+        children = [(name, child) for name, child in parent._modules.items() if child is not None]
         for (child_name, _), (_, after) in itertools.pairwise(children):
             full_name = _parameter_name(parent_name, child_name)
             if full_name in linears and isinstance(after, ELEMENTWISE_ACTIVATIONS):
@@ -348,19 +390,20 @@ def _local_sums(
             f"local importance is defined for nn.Linear layers only; not for {unsupported[:3]}"
         )
     activations = _activation_after(model, linears)
-    observed = {name: activations.get(name, module) for name, module in linears.items()}
     device = _model_device(model)
     sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
     with _importance_pass(model), torch.no_grad():
         for start in range(0, inputs.shape[0], batch_size):
             x = inputs[start : start + batch_size].to(device)
-            with _record(linears) as linear_calls, _record(observed) as after_calls:
+            with _record(linears) as calls:
                 _forward(model, x, task)
-            for name in linear_calls.inputs:
-                if len(linear_calls.inputs[name]) != 1 or linear_calls.inputs[name][0].dim() != 2:
+            for name, seen in calls.inputs.items():
+                if len(seen) != 1 or seen[0].dim() != 2 or seen[0].shape[0] != x.shape[0]:
                     raise ValueError(f"local importance needs one 2-D call of {name} per sample")
-                pre = linear_calls.inputs[name][0].abs()
-                post = after_calls.outputs[name][0].detach().abs()
+                pre = seen[0].abs()
+                output = calls.outputs[name][0]
+                # Elementwise and stateless, so applying it to the recorded output is exact.
+                post = (activations[name](output) if name in activations else output).abs()
                 sums[_parameter_name(name, "weight")] += post.T @ pre
                 if linears[name].bias is not None:
                     sums[_parameter_name(name, "bias")] += post.sum(dim=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -13,13 +15,14 @@ MLP = {"family": "mlp", "input_shape": [64], "hidden": [32, 16]}
 CNN = {"family": "cnn", "input_shape": [1, 8, 8], "channels": [4, 8], "hidden": [16]}
 
 
-def reference_loop(model: nn.Module, x: torch.Tensor, task: str) -> dict[str, torch.Tensor]:
+def reference_loop(model: nn.Module, x: torch.Tensor, task: str | None) -> dict[str, torch.Tensor]:
     """One backward per sample, |·| per sample, averaged: the paper's definition literally."""
     model.eval()
     parameters = dict(model.named_parameters())
     sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
     for k in range(x.shape[0]):
-        loss = model(x[k : k + 1], task).pow(2).sum()
+        sample = x[k : k + 1]
+        loss = (model(sample) if task is None else model(sample, task)).pow(2).sum()
         grads = torch.autograd.grad(loss, list(parameters.values()), allow_unused=True)
         for name, g in zip(parameters, grads, strict=True):
             if g is not None:
@@ -159,6 +162,89 @@ def test_jacobian_method_matches_one_backward_per_sample_and_output(
     features = model.trunk(x).detach().abs().mean(dim=0)
     # ∂F_c/∂W_cj = h_j for every output c, whatever the size of F_c.
     torch.testing.assert_close(jacobian["heads.a.weight"], features.expand_as(head.weight))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention uses out_proj's weight without calling out_proj."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.attention(x, x, x, need_weights=False)[0].mean(dim=1))
+
+
+class FoldedRows(nn.Module):
+    """A Linear on x.reshape(B * T, F): its rows are positions, not samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps, features = x.shape
+        hidden = torch.tanh(self.proj(x.reshape(batch * steps, features)))
+        return self.out(hidden.reshape(batch, steps, -1).mean(dim=1))
+
+
+class SequenceFirst(nn.Module):
+    """A Linear on (T, B, F): dimension 0 is time, not the sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.proj(x.transpose(0, 1))).mean(dim=0))
+
+
+def in_place_relu() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
+
+
+def weight_normalised() -> nn.Module:
+    return nn.Sequential(
+        nn.utils.parametrizations.weight_norm(nn.Linear(6, 8)), nn.Tanh(), nn.Linear(8, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"),
+    [
+        (Attention, (7, 5, 8)),
+        (FoldedRows, (7, 5, 4)),
+        (SequenceFirst, (7, 5, 4)),
+        (in_place_relu, (7, 6)),
+        (weight_normalised, (7, 6)),
+    ],
+)
+def test_per_sample_methods_are_exact_where_rows_are_not_samples_or_layers_are_not_called(
+    build: Callable[[], nn.Module], shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(9)
+    model = build()
+    x = torch.randn(*shape)
+    exact = mas.compute_importance(model, x, batch_size=4)
+    assert_close(exact, reference_loop(model, x, None))
+    jacobian = mas.compute_importance(model, x, method="jacobian", batch_size=4)
+    assert_close(jacobian, jacobian_reference(model, x, None))
+
+
+def test_local_method_follows_an_activation_instance_reused_between_layers() -> None:
+    torch.manual_seed(10)
+    activation = nn.ReLU()
+    model = nn.Sequential(nn.Linear(5, 6), activation, nn.Linear(6, 4), activation, nn.Linear(4, 2))
+    x = torch.randn(12, 5)
+    local = mas.compute_importance(model, x, method="local", batch_size=5)
+    y1 = torch.relu(model[0](x))
+    y2 = torch.relu(model[2](y1))
+    weight = (y2.unsqueeze(2) * y1.unsqueeze(1)).abs().mean(dim=0)
+    torch.testing.assert_close(local["2.weight"], weight.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(local["2.bias"], y2.abs().mean(dim=0).detach())
 
 
 @pytest.mark.parametrize("method", ["exact", "batch", "local", "jacobian"])
