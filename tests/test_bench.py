@@ -201,3 +201,12 @@ def test_importance_speed_benchmark_reports_every_method_and_their_agreement(
     assert report["samples"] == 4000 and report["loop_samples"] == 20
     assert all(value < 1e-5 for value in report["max_relative_difference"].values())
     assert "exact/loop" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grid", [[0.01, 0.1, 1.0], [1.0, 0.1, 0.01]])
+def test_a_tie_goes_to_the_smaller_lambda_in_any_grid_order(grid: list[float]) -> None:
+    accuracy = {0.01: 0.97, 0.1: 0.98, 1.0: 0.98}
+    results = [
+        {"method": "mas", "lambda": lam, "avg_acc": accuracy[lam], "diverged": None} for lam in grid
+    ]
+    assert command.best_lambdas({"results": results}) == {"mas": 0.1}

@@ -192,15 +192,16 @@ def format_table(result_json: dict[str, Any]) -> str:
 
 
 def best_lambdas(result_json: dict[str, Any]) -> dict[str, float]:
-    """Per penalised method run with several λ, the λ with the highest mean ACC; a λ that
-    diverged in any of its runs is never the best."""
+    """Per penalised method run with several λ, the λ with the highest mean ACC, the smallest on
+    a tie, whatever order the grid was given in; a λ that diverged in any of its runs is never
+    the best."""
     scores: dict[str, dict[float, float]] = {}
     for (method, lam), runs in group_runs(result_json).items():
         stable = all(run.get("diverged") is None for run in runs)
         mean_acc = float(np.mean([run["avg_acc"] for run in runs])) if stable else -math.inf
         scores.setdefault(method, {})[lam] = mean_acc
     return {
-        method: max(by_lam, key=by_lam.__getitem__)
+        method: max(sorted(by_lam), key=by_lam.__getitem__)
         for method, by_lam in scores.items()
         if len(by_lam) > 1 and max(by_lam.values()) > -math.inf
     }
