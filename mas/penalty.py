@@ -47,6 +47,15 @@ class QuadraticAnchor:
         self._sqrt_weight = [t.to(device) for t in self._sqrt_weight]
         return self
 
+    def gradient(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """2λΩ(θ − θ*): what the penalty adds to each anchored parameter's gradient."""
+        parameters = dict(model.named_parameters())
+        current = [parameters[name].detach() for name in self.names]
+        weight = torch._foreach_mul(self._sqrt_weight, self._sqrt_weight)
+        gradients = torch._foreach_mul(torch._foreach_sub(current, self._anchor), weight)
+        torch._foreach_mul_(gradients, 2.0)
+        return dict(zip(self.names, gradients, strict=True))
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
         parameters = dict(model.named_parameters())
         current = [parameters[name] for name in self.names]

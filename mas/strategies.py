@@ -114,11 +114,16 @@ class Regularized(Strategy):
 
 
 class PathIntegral:
-    """SI's running ω = Σ_steps −g·Δθ over one task's training (Zenke et al., 2017)."""
+    """SI's running ω = Σ_steps −g·Δθ over one task's training (Zenke et al., 2017).
 
-    def __init__(self, model: nn.Module) -> None:
+    g is the gradient of the task's loss alone, as in the authors' code: the step is taken on
+    loss + penalty, so the penalty's exact gradient 2λΩ(θ − θ*) is subtracted from it.
+    """
+
+    def __init__(self, model: nn.Module, penalty: QuadraticAnchor | None = None) -> None:
         self.start = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.omega = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        self._penalty = penalty
         self._before: dict[str, torch.Tensor] = {}
         self._grads: dict[str, torch.Tensor] = {}
 
@@ -129,6 +134,10 @@ class PathIntegral:
         self._grads = {
             n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
         }
+        if self._penalty is not None:
+            for name, gradient in self._penalty.gradient(model).items():
+                if name in self._grads:
+                    self._grads[name] -= gradient
 
     def after_step(self, model: nn.Module) -> None:
         for name, parameter in model.named_parameters():
@@ -151,7 +160,7 @@ class SynapticIntelligence(Regularized):
         self._path: PathIntegral | None = None
 
     def observers(self, model: MultiHeadNet) -> list[StepObserver]:
-        self._path = PathIntegral(model)
+        self._path = PathIntegral(model, self.anchor)
         return [self._path]
 
     def _path_importance(

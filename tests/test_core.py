@@ -165,6 +165,41 @@ def test_path_integral_matches_minus_gradient_times_step() -> None:
         torch.testing.assert_close(path.importance(model)[name], expected)
 
 
+def test_path_integral_takes_the_task_loss_gradient_not_the_penalty() -> None:
+    model = mas.build_model(SPEC, {"a": 2})
+    importance = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    anchor = mas.QuadraticAnchor(
+        importance, {n: p.detach() + 0.3 for n, p in model.named_parameters()}, lam=2.0
+    )
+    x, y = torch.randn(16, 10), torch.randint(0, 2, (16,))
+    task_loss = torch.nn.functional.cross_entropy(model(x, "a"), y)
+    task_grads = dict(
+        zip(
+            [n for n, _ in model.named_parameters()],
+            torch.autograd.grad(task_loss, list(model.parameters())),
+            strict=True,
+        )
+    )
+    penalty = anchor(model)
+    penalty_grads = torch.autograd.grad(penalty, list(model.parameters()))
+    for (name, gradient), expected in zip(
+        anchor.gradient(model).items(), penalty_grads, strict=True
+    ):
+        torch.testing.assert_close(gradient, expected, msg=name)
+
+    path = PathIntegral(model, anchor)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    (torch.nn.functional.cross_entropy(model(x, "a"), y) + anchor(model)).backward()
+    path.before_step(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter -= 0.1 * parameter.grad
+    path.after_step(model)
+    for name, parameter in model.named_parameters():
+        step = parameter.detach() - start[name]
+        torch.testing.assert_close(path.omega[name], -task_grads[name] * step)
+
+
 def test_metrics_definitions() -> None:
     acc = [[0.9, 0.1, 0.1], [0.7, 0.95, 0.1], [0.6, 0.9, 0.8]]
     assert mas.average_accuracy(acc) == pytest.approx((0.6 + 0.9 + 0.8) / 3)
