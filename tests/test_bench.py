@@ -205,7 +205,7 @@ def test_importance_speed_benchmark_reports_every_method_and_their_agreement(
 
 @pytest.mark.parametrize("grid", [[0.01, 0.1, 1.0], [1.0, 0.1, 0.01]])
 def test_a_tie_goes_to_the_smaller_lambda_in_any_grid_order(grid: list[float]) -> None:
-    accuracy = {0.01: 0.97, 0.1: 0.98, 1.0: 0.98}
+    accuracy = {0.01: 0.97, 0.1: 0.9812499928, 1.0: 0.9812499976}
     results = [
         {"method": "mas", "lambda": lam, "avg_acc": accuracy[lam], "diverged": None} for lam in grid
     ]
