@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# Most classes one task may have, declared or implied by its largest label: each is a head row.
+MAX_CLASSES = 100_000
 
 
 class DataValidationError(ValueError):
@@ -35,30 +38,44 @@ class TaskSplit:
 
 
 def validate_task_name(name: object) -> str:
-    """Task names become module keys and URL segments: letters, digits, '-' and '_' only."""
-    if not isinstance(name, str) or not TASK_NAME.match(name):
+    """Task names become module keys and URL segments: letters, digits, '-' and '_' only, and
+    not an attribute of nn.ModuleDict (`training`, `keys`, ...), which it refuses as a key."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
         raise DataValidationError(
             "name", "must be 1-64 characters of letters, digits, '-' or '_', starting alphanumeric"
         )
+    if hasattr(nn.ModuleDict(), name):
+        raise DataValidationError(
+            "name", f"{name!r} is reserved (the model's task heads use it); choose another name"
+        )
     return name
+
+
+def _as_array(value: object, field: str) -> np.ndarray:
+    """Ragged or oddly nested data is the client's fault, named by its field."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise DataValidationError(field, f"not a rectangular numeric array ({error})") from None
 
 
 def validate_inputs(
     x: object, *, input_shape: Sequence[int] | None = None, field: str = "inputs"
 ) -> torch.Tensor:
-    """Numeric, finite, non-empty rows; reshaped to input_shape when one is given."""
-    try:
-        array = np.asarray(x)
-    except (ValueError, TypeError) as error:
-        raise DataValidationError(field, f"not a rectangular numeric array ({error})") from None
+    """Real, finite, non-empty rows; reshaped to input_shape when one is given."""
+    array = _as_array(x, field)
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):
         raise DataValidationError(field, f"must be numeric, got dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise DataValidationError(field, f"must be real numbers, got dtype {array.dtype}")
     if array.ndim < 2:
         raise DataValidationError(field, f"must be a list of rows, got shape {list(array.shape)}")
     if array.shape[0] == 0:
         raise DataValidationError(field, "is empty")
+    if array.size == 0:
+        raise DataValidationError(field, f"rows hold no values, got shape {list(array.shape)}")
     if not np.isfinite(array).all():
         raise DataValidationError(field, "contains NaN or infinite values")
     if array.dtype.itemsize > 4 and np.abs(array).max() > FLOAT32_MAX:
@@ -86,9 +103,10 @@ def validate_task_arrays(
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a labelled dataset; labels must be integers in [0, num_classes)."""
+    """Check a labelled dataset; labels must be integers in [0, num_classes), and below
+    MAX_CLASSES when num_classes is implied by the largest label."""
     inputs = validate_inputs(x, input_shape=input_shape, field="x")
-    labels = np.asarray(y)
+    labels = _as_array(y, "y")
     if labels.ndim != 1:
         raise DataValidationError("y", f"must be one label per row, got shape {list(labels.shape)}")
     if labels.shape[0] == 0:
@@ -97,7 +115,11 @@ def validate_task_arrays(
         raise DataValidationError(
             "y", f"has {labels.shape[0]} labels for {inputs.shape[0]} rows of x"
         )
-    if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
+    if (
+        not np.issubdtype(labels.dtype, np.number)
+        or labels.dtype == np.bool_
+        or np.iscomplexobj(labels)
+    ):
         raise DataValidationError("y", f"must be integer class labels, got dtype {labels.dtype}")
     if np.issubdtype(labels.dtype, np.floating) and not (
         np.isfinite(labels).all() and np.all(labels == np.round(labels))
@@ -109,5 +131,11 @@ def validate_task_arrays(
     if num_classes is not None and labels.max() >= num_classes:
         raise DataValidationError(
             "y", f"labels must be < {num_classes} (the declared classes), found {int(labels.max())}"
+        )
+    if labels.max() >= MAX_CLASSES:
+        raise DataValidationError(
+            "y",
+            f"the largest label, {int(labels.max())}, implies more than the {MAX_CLASSES} "
+            f"classes a task may have; number classes from 0 and declare num_classes",
         )
     return inputs, torch.from_numpy(labels)

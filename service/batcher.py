@@ -23,6 +23,7 @@ import torch
 
 import mas
 from mas.store.registry import LoadedVersion
+from service.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,12 @@ class MicroBatcher:
 
 
 def _fail_unanswered(requests: list[_Request]) -> None:
+    """A 503 like the service's other unavailability: a retry reaches a running instance."""
     for request in requests:
         if not request.future.done():
-            request.future.set_exception(RuntimeError("the service is shutting down"))
+            request.future.set_exception(
+                ApiError(503, None, "the service is shutting down", {"Retry-After": "1"})
+            )
 
 
 def _drain(queue: asyncio.Queue[_Request]) -> list[_Request]:

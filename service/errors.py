@@ -43,12 +43,22 @@ class ApiError(Exception):
         self.headers = headers
 
 
+# What decoding a JSON body raises besides a syntax error: bad UTF-8, nesting beyond the stack.
+JSON_DECODE_ERRORS = (ValueError, RecursionError)
+
+
 def parse_json(raw: bytes) -> Any:
     """For bodies a route reads itself (multi-format or binary): the same 422 FastAPI gives."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(422, "body", f"is not valid JSON ({error})") from None
+    except JSON_DECODE_ERRORS as error:
+        raise _not_json(error) from None
+
+
+def _not_json(error: BaseException) -> ApiError:
+    """The body's 422; a RecursionError's own text ("maximum recursion depth") would mislead."""
+    reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+    return ApiError(422, "body", f"is not valid JSON ({reason})")
 
 
 def parse_model(model: type[Model], data: Any) -> Model:
@@ -120,6 +130,9 @@ async def _request_validation_error(request: Request, error: Exception) -> JSONR
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
+    if error.status_code == 400 and isinstance(error.__cause__, JSON_DECODE_ERRORS):
+        # FastAPI's 400 for a declared JSON body it could not decode: the body's 422, as elsewhere.
+        return await _api_error(request, _not_json(error.__cause__))
     field = "body" if error.status_code == 413 else None
     message = str(error.detail)
     if error.status_code == 404 and message == "Not Found":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas.data import MAX_CLASSES, DataValidationError, validate_task_arrays, validate_task_name
 from mas.store.datasets import DatasetStore, parse_dataset_file, split_holdout
 from mas.store.jobs import JobQueue
 from mas.store.settings import Settings
@@ -40,7 +40,7 @@ class TrainingOptions(BaseModel):
         None, gt=0, lt=1, description="Share of each class held out for evaluation."
     )
     num_classes: int | None = Field(
-        None, ge=1, le=100_000, description="Classes of the task (default: largest label + 1)."
+        None, ge=1, le=MAX_CLASSES, description="Classes of the task (default: largest label + 1)."
     )
 
     def job_params(self) -> dict[str, Any]:

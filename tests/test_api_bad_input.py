@@ -6,7 +6,9 @@ stream), forwarded samples, and the current-version pointer.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +19,16 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import torch
 
+import mas
 from mas.store.keys import Keys
 from mas.store.redis_server import redis_client
+from mas.store.registry import LoadedVersion
 from mas.store.settings import Settings
-from tests.api_support import api_settings, publish, rows, snapshot
+from service.batcher import MicroBatcher
+from service.errors import ApiError
+from tests.api_support import SPEC, api_settings, publish, rows, snapshot
 from tests.serving import run_api
 
 MAX_BODY = 64 * 1024
@@ -213,3 +220,109 @@ def test_unknown_version(api: Api) -> None:
             404,
             "model_name",
         )
+
+
+def tasks_json(api: Api, body: dict) -> httpx.Response:
+    return httpx.post(f"{api.base}/v1/tasks", json=body)
+
+
+@pytest.mark.parametrize("name", ["training", "forward", "eval", "cuda", "keys", "update"])
+def test_task_names_the_model_reserves(api: Api, name: str) -> None:
+    with no_state_change(api):
+        body = {"name": name, "inputs": good_x().tolist(), "labels": good_y().tolist()}
+        assert "reserved" in refused(tasks_json(api, body), 422, "name")
+        assert "reserved" in refused(
+            upload(api, npz(x=good_x(), y=good_y()), name=name), 422, "name"
+        )
+
+
+def test_labels_implying_too_many_classes(api: Api) -> None:
+    labels = [0, 2_000_000_000] * 10
+    with no_state_change(api):
+        body = {"name": "fresh", "inputs": good_x().tolist(), "labels": labels}
+        assert "num_classes" in refused(tasks_json(api, body), 422, "labels")
+        file = npz(x=good_x(), y=np.array(labels))
+        assert "num_classes" in refused(upload(api, file), 422, "file.y")
+
+
+def test_ragged_labels(api: Api) -> None:
+    with no_state_change(api):
+        body = {"name": "fresh", "inputs": good_x(2).tolist(), "labels": [0, [1]]}
+        refused(tasks_json(api, body), 422, "labels")
+
+
+def test_rows_without_values_or_with_complex_numbers(api: Api) -> None:
+    with no_state_change(api):
+        refused(predict(api, {"inputs": [[]]}), 422, "inputs")
+        complex_x = good_x().astype(np.complex64) + 1j
+        assert "real" in refused(upload(api, npz(x=complex_x, y=good_y())), 422, "file.x")
+
+
+def test_unknown_output_is_refused_before_inference(api: Api) -> None:
+    tensor = {"name": "input", "shape": [2, 8], "datatype": "FP32", "data": [0.1] * 16}
+    with no_state_change(api):  # the refused request's rows are not forwarded as samples
+        response = infer(api, [tensor], outputs=[{"name": "predictions"}, {"name": "bogus"}])
+        refused(response, 422, "outputs[1].name")
+
+
+def test_numbers_in_non_ascii_digits(api: Api) -> None:
+    tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+    with no_state_change(api):
+        headers = {"Inference-Header-Content-Length": "\xb2".encode("latin-1")}
+        response = httpx.post(
+            f"{api.base}/v2/models/mas/infer",
+            content=json.dumps({"inputs": [tensor]}).encode(),
+            headers={"content-type": "application/json", **headers},
+        )
+        refused(response, 400, "Inference-Header-Content-Length")
+        url = f"{api.base}/v2/models/mas/versions/%C2%B2"
+        refused(httpx.post(f"{url}/infer", json={"inputs": [tensor]}), 404, "model_version")
+        refused(httpx.get(url), 404, "model_version")
+
+
+def test_undecodable_json_bodies_name_the_body(api: Api) -> None:
+    deep = b"[" * 20_000 + b"]" * 20_000
+    json_type = {"content-type": "application/json"}
+    bodies = {
+        "/v1/tasks": b'{"name": "fresh", "inputs": ' + deep + b', "labels": [0]}',
+        "/v2/models/mas/infer": deep,
+        "/v1/predict": b'{"inputs": ' + deep + b"}",
+    }
+    with no_state_change(api):
+        for path, body in bodies.items():
+            response = httpx.post(f"{api.base}{path}", content=body, headers=json_type)
+            assert "nested too deeply" in refused(response, 422, "body")
+        bad_utf8 = b'{"inputs": [[1, 2, 3, 4, 5, 6, 7, 8]], "task": "\xff"}'
+        for body in (bad_utf8, b'{"inputs": [[1, 2'):
+            response = httpx.post(f"{api.base}/v1/predict", content=body, headers=json_type)
+            assert "not valid JSON" in refused(response, 422, "body")
+
+
+def test_malformed_multipart(api: Api) -> None:
+    csv = ("d.csv", b"a,label\n1,0\n2,1\n")
+    with no_state_change(api):
+        no_boundary = {"content-type": "multipart/form-data"}
+        response = httpx.post(f"{api.base}/v1/tasks", content=b"--x\r\n", headers=no_boundary)
+        assert "boundary" in refused(response, 422, "body")
+        two_files = {"file": csv, "name": ("n.txt", b"fresh")}
+        refused(httpx.post(f"{api.base}/v1/tasks", files=two_files), 422, "file")
+        fields = {"name": "fresh", **{f"extra{i}": "1" for i in range(6)}}
+        response = httpx.post(f"{api.base}/v1/tasks", data=fields, files={"file": csv})
+        assert "fields" in refused(response, 422, "body")
+
+
+def test_requests_cut_off_by_shutdown_are_told_to_retry() -> None:
+    loaded = LoadedVersion(1, mas.build_model(SPEC, {"t0": 3}), {})
+
+    async def cut_off() -> ApiError:
+        batcher = MicroBatcher(max_batch=8, max_wait_ms=0)  # not started: requests stay queued
+        pending = asyncio.ensure_future(batcher.predict(loaded, "t0", torch.zeros(1, 8)))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        with pytest.raises(ApiError) as caught:
+            await pending
+        return caught.value
+
+    error = asyncio.run(cut_off())
+    assert (error.status, error.headers) == (503, {"Retry-After": "1"})
+    assert "shutting down" in error.message

@@ -278,6 +278,47 @@ def test_validation_names_the_field_and_problem(
 
 def test_task_names_are_checked() -> None:
     assert mas.validate_task_name("digits-0_1") == "digits-0_1"
-    for bad in ["", "a.b", "../x", "a" * 65, 3]:
+    for bad in ["", "a.b", "../x", "a" * 65, "abc\n", 3]:
         with pytest.raises(mas.DataValidationError, match="name"):
             mas.validate_task_name(bad)
+
+
+@pytest.mark.parametrize("name", ["training", "forward", "eval", "cuda", "keys", "update"])
+def test_task_names_the_head_container_reserves_are_refused(name: str) -> None:
+    with pytest.raises(mas.DataValidationError, match="reserved") as error:
+        mas.validate_task_name(name)
+    assert error.value.field == "name"
+    with pytest.raises(mas.DataValidationError, match="reserved"):
+        mas.build_model(SPEC, {}).add_task(name, 2)
+
+
+@pytest.mark.parametrize(
+    ("x", "fragment"),
+    [
+        (np.asarray([[]]), "no values"),
+        (np.zeros((2, 3, 0)), "no values"),
+        (np.zeros((2, 4), dtype=np.complex128), "real"),
+    ],
+)
+def test_inputs_without_values_or_real_numbers_are_refused(x: np.ndarray, fragment: str) -> None:
+    with pytest.raises(mas.DataValidationError) as error:
+        mas.validate_inputs(x, field="rows")
+    assert error.value.field == "rows"
+    assert fragment in error.value.problem
+
+
+@pytest.mark.parametrize(
+    ("y", "fragment"),
+    [
+        ([0, [1]], "rectangular"),
+        (np.array([0, 1], dtype=np.complex64), "integer"),
+        (np.array([0, 2_000_000_000]), "num_classes"),
+    ],
+)
+def test_labels_ragged_complex_or_implying_too_many_classes_are_refused(
+    y: object, fragment: str
+) -> None:
+    with pytest.raises(mas.DataValidationError) as error:
+        mas.validate_task_arrays(np.zeros((2, 4)), y)
+    assert error.value.field == "y"
+    assert fragment in error.value.problem

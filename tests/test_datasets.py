@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +250,47 @@ def test_delete_removes_files_and_metadata(
     assert not store.exists("gone")
     assert not (tmp_path / "gone").exists()
     assert store.names() == []
+
+
+def npz_claiming(shape: tuple[int, ...]) -> bytes:
+    """An archive whose x.npy header declares `shape` over a few bytes of data."""
+    header = io.BytesIO()
+    header_fields = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(header, header_fields)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        archive.writestr("y.npy", npy_bytes(np.array([0, 1])))
+    return buffer.getvalue()
+
+
+def with_zip_flags(blob: bytes, *, encrypted: bool = False, method: int | None = None) -> bytes:
+    """Every member marked encrypted, or as stored with another compression method."""
+    patched = bytearray(blob)
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = patched.find(signature)
+        while start >= 0:
+            if encrypted:
+                patched[start + flags_at] |= 1
+            if method is not None:
+                patched[start + method_at : start + method_at + 2] = struct.pack("<H", method)
+            start = patched.find(signature, start + 4)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (npz_claiming((10**7, 10**6)), "holds only"),
+        (npz_claiming((20,)), "holds only"),
+        (with_zip_flags(GOOD_NPZ, encrypted=True), "encrypted"),
+        (with_zip_flags(GOOD_NPZ, method=99), "compression method"),
+    ],
+)
+def test_npz_members_that_cannot_be_read_are_the_files_fault(content: bytes, problem: str) -> None:
+    assert_rejected("d.npz", content, "file", problem)
+
+
+def test_labels_implying_too_many_classes_are_refused() -> None:
+    content = npz_bytes(x=np.zeros((2, 2)), y=np.array([0, 2_000_000_000]))
+    assert_rejected("d.npz", content, "y", "declare num_classes")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
 import shutil
 import time
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,10 @@ LABEL_COLUMN = "label"
 SPLITS = ("train", "holdout")
 # Upper bound on the decompressed size of an .npz: a small compressed upload can expand enormously.
 MAX_NPZ_BYTES = 1 << 30
+NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 class UnknownDataset(LookupError):
@@ -67,16 +74,54 @@ def _read_npz(content: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
 def _npz_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
     if name not in archive.files:
         raise DataValidationError(name, f"missing from the archive (found {archive.files})")
-    try:
+    with _readable(name):
+        shape, dtype, available = _npy_header(archive, name)
+    if dtype.hasobject:
+        raise DataValidationError(name, "object arrays are refused (they need pickle)")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > available:
+        raise DataValidationError(
+            "file",
+            f"array {name!r} declares shape {list(shape)} of {dtype} ({needed} bytes), "
+            f"but its archive member holds only {available}",
+        )
+    with _readable(name):
         return archive[name]
-    except ValueError as error:
-        if "allow_pickle" in str(error):
+
+
+@contextlib.contextmanager
+def _readable(name: str) -> Iterator[None]:
+    """Whatever a damaged, encrypted or oddly compressed member raises is the file's fault."""
+    try:
+        yield
+    except DataValidationError:
+        raise
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        MemoryError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as error:
+        raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
+
+
+def _npy_header(archive: np.lib.npyio.NpzFile, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and the bytes left after the .npy header, read before any allocation: the
+    member's uncompressed size (within the archive's limit) bounds what the array may claim."""
+    member = name if name in archive.zip.namelist() else f"{name}.npy"
+    with archive.zip.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        read_header = NPY_HEADER_READERS.get(version)
+        if read_header is None:
             raise DataValidationError(
-                name, "object arrays are refused (they need pickle)"
-            ) from None
-        raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
+                "file", f"array {name!r} has unsupported .npy version {version}"
+            )
+        shape, _, dtype = read_header(stream)
+        return shape, dtype, archive.zip.getinfo(member).file_size - stream.tell()
 
 
 def _read_csv(content: bytes) -> tuple[np.ndarray, np.ndarray]:

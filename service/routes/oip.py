@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -60,9 +61,14 @@ def _check_name(runtime: Runtime, name: str) -> None:
         )
 
 
+def _is_count(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() then refuses."""
+    return re.fullmatch(r"[0-9]+", text) is not None
+
+
 def _served_model(runtime: Runtime, name: str, version: str | None) -> LoadedVersion:
     _check_name(runtime, name)
-    if version is not None and not version.isdigit():
+    if version is not None and not _is_count(version):
         raise ApiError(404, "model_version", f"{version!r} is not a version number")
     requested = None if version is None else int(version)
     return runtime.inference.served_version(requested, field="model_version")
@@ -142,8 +148,9 @@ async def infer(
         )
     values = _input_values(body.inputs[0], binary, loaded.model.input_shape)
     batch = runtime.inference.batch(loaded, values, "inputs[0].data")
+    requested = _requested_outputs(body)
     result = await runtime.inference.predict(loaded, task, batch)
-    return _response(name, body, result)
+    return _response(name, body, requested, result)
 
 
 async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
@@ -153,7 +160,7 @@ async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
     if header_length is None:
         header, binary = raw, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(raw):
+        if not _is_count(header_length) or int(header_length) > len(raw):
             raise ApiError(
                 400,
                 HEADER_LENGTH,
@@ -216,22 +223,30 @@ def _wants_binary(body: InferRequest, requested: RequestedOutput | None) -> bool
     return bool((body.parameters or {}).get("binary_data_output", False))
 
 
-def _response(name: str, body: InferRequest, result: Prediction) -> Response:
-    requested: list[tuple[str, RequestedOutput | None]]
+def _requested_outputs(body: InferRequest) -> list[tuple[str, RequestedOutput | None]]:
+    """Checked before predicting, so a refused request is neither computed nor forwarded."""
     if body.outputs is None:
-        requested = [(output, None) for output in OUTPUT_TYPES]
-    else:
-        requested = [(output.name, output) for output in body.outputs]
-    arrays = {"probabilities": result.probabilities, "predictions": result.predictions}
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for index, (output_name, output) in enumerate(requested):
-        if output_name not in OUTPUT_TYPES:
+        return [(output, None) for output in OUTPUT_TYPES]
+    for index, output in enumerate(body.outputs):
+        if output.name not in OUTPUT_TYPES:
             raise ApiError(
                 422,
                 f"outputs[{index}].name",
-                f"unknown output {output_name!r}; outputs: {list(OUTPUT_TYPES)}",
+                f"unknown output {output.name!r}; outputs: {list(OUTPUT_TYPES)}",
             )
+    return [(output.name, output) for output in body.outputs]
+
+
+def _response(
+    name: str,
+    body: InferRequest,
+    requested: list[tuple[str, RequestedOutput | None]],
+    result: Prediction,
+) -> Response:
+    arrays = {"probabilities": result.probabilities, "predictions": result.predictions}
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for output_name, output in requested:
         datatype, dtype = OUTPUT_TYPES[output_name]
         array = arrays[output_name].astype(dtype)
         entry: dict[str, Any] = {

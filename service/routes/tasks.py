@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from mas.store.datasets import UnknownDataset
 from service.auth import require_admin
@@ -79,8 +82,25 @@ async def submit_task(request: Request, runtime: RuntimeDep) -> JSONResponse:
     )
 
 
+@contextlib.asynccontextmanager
+async def _parsed_form(request: Request) -> AsyncIterator[FormData]:
+    """Starlette answers bad framing (no boundary, too many parts) with a 400 naming no field;
+    here it is the 422 of the body, or of the file when there are too many files."""
+    try:
+        form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
+    except HTTPException as error:
+        if error.status_code != 400:  # 413 stays 413
+            raise
+        field = "file" if "Too many files" in str(error.detail) else "body"
+        raise ApiError(422, field, f"is not valid multipart/form-data: {error.detail}") from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
 async def _submit_form(request: Request, runtime: Runtime) -> tuple[str, str]:
-    async with request.form(max_files=1, max_fields=len(FORM_FIELDS)) as form:
+    async with _parsed_form(request) as form:
         unknown = sorted(set(form.keys()) - FORM_FIELDS)
         if unknown:
             raise ApiError(
