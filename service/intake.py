@@ -8,7 +8,6 @@ job queued, so a refused upload leaves no dataset and no job behind.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -76,8 +75,6 @@ class TaskIntake:
         self._served = served
         self._datasets = datasets
         self._jobs = jobs
-        # Check-then-store must not interleave for one name within this process.
-        self._lock = threading.Lock()
 
     def submit_file(
         self, name: object, filename: str, content: bytes, options: TrainingOptions
@@ -103,7 +100,11 @@ class TaskIntake:
     ) -> str:
         """Returns the job id."""
         task = validate_task_name(name)
-        with self._lock:
+        with self._datasets.claimed(task) as held:
+            if not held:
+                raise ApiError(
+                    409, "name", f"task {task!r} is being submitted right now; choose another name"
+                )
             self._refuse_existing(task)
             x, y = read()
             with fields_named(fields):

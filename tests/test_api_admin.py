@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_importance_counts_and_layer_drift(
             for stat in ("mean", "max", "drift"):
                 series = f"mas_importance_layer_{stat}"
                 assert metric(scrape, series, layer=layer) == pytest.approx(layers[layer][stat])
+
+
+def test_two_replicas_given_one_new_name_at_once_store_it_once(api: Api) -> None:
+    """The name is claimed in Redis, not per process: one upload wins, the other gets 409."""
+    x = np.random.default_rng(0).normal(size=(20_000, 8)).round(3).tolist()
+    body = {"name": "dup", "inputs": x, "labels": [i % 3 for i in range(20_000)]}
+    with run_api(api.settings) as second, ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda base: httpx.post(f"{base}/v1/tasks", json=body, headers=AUTH, timeout=60),
+                [api.base, second],
+            )
+        )
+    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    refused = next(answer for answer in answers if answer.status_code == 409)
+    assert refused.json()["error"]["field"] == "name"
+    jobs = httpx.get(f"{api.base}/v1/jobs").json()["jobs"]
+    assert [job["task"] for job in jobs] == ["dup"]

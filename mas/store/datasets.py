@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -32,6 +33,12 @@ NPY_HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
 }
+# How long a claim on a new task's name outlives an API process that died holding it.
+CLAIM_SECONDS = 600
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class UnknownDataset(LookupError):
@@ -248,6 +255,20 @@ class DatasetStore:
         if raw is None:
             raise UnknownDataset(name)
         return json.loads(raw)
+
+    @contextlib.contextmanager
+    def claimed(self, name: str) -> Iterator[bool]:
+        """Whether this caller holds the name while storing a new task under it: one Redis SET NX,
+        so two API replicas never both pass the existence check. The claim expires on its own
+        (CLAIM_SECONDS) if the holder dies, and is released only by its holder."""
+        token = uuid.uuid4().hex
+        key = self._keys.task_claim(name)
+        held = bool(self._redis.set(key, token, nx=True, ex=CLAIM_SECONDS))
+        try:
+            yield held
+        finally:
+            if held:
+                self._redis.eval(_RELEASE_SCRIPT, 1, key, token)
 
     def delete(self, name: str) -> None:
         """Undo a save whose job could not be queued: metadata first, so no reader sees a half."""

@@ -71,3 +71,7 @@ class Keys:
     def tasks(self) -> str:
         """Hash: task name -> JSON metadata of its stored dataset."""
         return f"{self.prefix}:tasks"
+
+    def task_claim(self, name: str) -> str:
+        """String, set while one API process checks and stores a new task of this name."""
+        return f"{self.prefix}:tasks:claim:{name}"
