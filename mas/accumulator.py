@@ -10,6 +10,11 @@ COUNT_KEY = "count"
 SUM_PREFIX = "sum."
 
 
+def all_finite(tensors: dict[str, torch.Tensor]) -> bool:
+    """One inf or NaN in Ω makes every later penalty NaN, so sums are checked before use."""
+    return all(bool(torch.isfinite(value).all()) for value in tensors.values())
+
+
 class ImportanceAccumulator:
     """Running Σ_k importance and N. With a half-life (in samples), old samples fade: before n new
     samples are added, sum and count are scaled by 0.5^(n / half_life), so the mean is an

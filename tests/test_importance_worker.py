@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -257,6 +258,28 @@ def test_corrupt_entries_and_unknown_versions_are_dead_lettered_not_counted(
     _assert_omega_matches(OmegaStore(redis_conn, keys), registry, traffic, (1, 2))
 
 
+def test_an_entry_whose_importance_overflows_is_dead_lettered_and_the_rest_counted(
+    redis_conn: redis.Redis, keys: Keys, registry: ModelRegistry, digits: np.ndarray, tmp_path: Path
+) -> None:
+    """Finite rows of ~1e20 pass decoding but overflow Ω to inf; one must not poison the partial."""
+    traffic = _traffic(digits, [(2, "a")], entries=6, seed=6)
+    stream = SampleStream(redis_conn, keys, maxlen=100_000)
+    stream.append_many(traffic[:3])
+    huge = np.full((1, 64), 1e20, dtype=np.float32)
+    stream.append_many([(2, "a", huge)])
+    stream.append_many(traffic[3:])
+    before = _metric("mas_importance_dead_lettered_total", reason="non_finite_importance")
+
+    _drain(_worker(_settings(tmp_path, keys), redis_conn, keys, registry, "w1"), stream)
+
+    ((_, fields),) = redis_conn.xrange(keys.samples_dead)
+    assert fields[b"reason"].startswith(b"non_finite_importance: ")
+    assert fields[b"x"] == huge.tobytes()
+    after = _metric("mas_importance_dead_lettered_total", reason="non_finite_importance")
+    assert after == before + 1
+    _assert_omega_matches(OmegaStore(redis_conn, keys), registry, traffic, (2,))
+
+
 def test_an_entry_delivered_too_often_is_dead_lettered_before_it_is_tried(
     redis_conn: redis.Redis, keys: Keys, registry: ModelRegistry, digits: np.ndarray, tmp_path: Path
 ) -> None:
@@ -297,6 +320,42 @@ def test_two_workers_in_one_group_give_the_same_omega_as_one(
             thread.join(10)
     assert sorted(redis_conn.hkeys(keys.omega_partials(2))) == [b"w1", b"w2"]
     _assert_omega_matches(OmegaStore(redis_conn, keys), registry, traffic, (1, 2))
+
+
+def test_a_pass_slower_than_the_reclaim_time_is_not_taken_over_by_another_worker(
+    redis_conn: redis.Redis,
+    keys: Keys,
+    registry: ModelRegistry,
+    digits: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real importance pass, made slower than claim_min_idle_ms (a big read, a slow device)."""
+
+    def slow_importance_sums(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        time.sleep(0.5)
+        return mas.importance_sums(*args, **kwargs)
+
+    monkeypatch.setattr("worker.importance.importance_sums", slow_importance_sums)
+    traffic = _traffic(digits, [(2, "a")], entries=8, seed=7)
+    stream = SampleStream(redis_conn, keys, maxlen=100_000)
+    stream.append_many(traffic)
+    settings = _settings(tmp_path, keys, claim_min_idle_ms=200, dead_letter_after=2)
+    workers = [_worker(settings, redis_conn, keys, registry, name) for name in ("w1", "w2")]
+    conflicts = _metric("mas_importance_commit_conflicts_total")
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run_forever, args=(stop,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: _drained(stream), 30, interval=0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert redis_conn.xlen(keys.samples_dead) == 0
+    assert _metric("mas_importance_commit_conflicts_total") == conflicts
+    _assert_omega_matches(OmegaStore(redis_conn, keys), registry, traffic, (2,))
 
 
 @pytest.fixture

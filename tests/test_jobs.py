@@ -74,14 +74,16 @@ def test_lifecycle_claim_progress_finish(
     assert claimed["started_at"] is not None
     assert "interrupted_worker" not in claimed
 
-    queue.progress(job_id, Progress(epoch=1, step=5, total_steps=20, loss=0.75))
+    assert queue.progress(job_id, "trainer-1", Progress(epoch=1, step=5, total_steps=20, loss=0.75))
     running = queue.get(job_id)
     assert running is not None
     assert (running["progress"], running["epoch"], running["step"]) == (0.25, 1, 5)
     assert (running["total_steps"], running["loss"]) == (20, 0.75)
     assert queue.heartbeat(job_id, "trainer-1") is True
 
-    queue.finish(job_id, "succeeded", result={"version": 4, "accuracy": {"digits": 0.9}})
+    assert queue.finish(
+        job_id, "trainer-1", "succeeded", result={"version": 4, "accuracy": {"digits": 0.9}}
+    )
     done = queue.get(job_id)
     assert done is not None
     assert done["status"] == "succeeded"
@@ -96,7 +98,7 @@ def test_lifecycle_claim_progress_finish(
 def test_failed_job_keeps_error(queue: JobQueue) -> None:
     job_id = queue.submit("digits", {})
     assert queue.claim("trainer-1", block_ms=100, stale_ms=60_000) is not None
-    queue.finish(job_id, "failed", error="labels out of range")
+    queue.finish(job_id, "trainer-1", "failed", error="labels out of range")
     record = queue.get(job_id)
     assert record is not None
     assert (record["status"], record["error"], record["result"]) == (
@@ -109,7 +111,7 @@ def test_failed_job_keeps_error(queue: JobQueue) -> None:
 def test_finish_refuses_non_final_status(queue: JobQueue) -> None:
     job_id = queue.submit("digits", {})
     with pytest.raises(ValueError, match="final status"):
-        queue.finish(job_id, "running")
+        queue.finish(job_id, "trainer-1", "running")
 
 
 def test_claim_is_fifo_and_times_out_when_empty(queue: JobQueue) -> None:
@@ -141,14 +143,14 @@ def test_cancel_running_job_sets_flag_and_trainer_finishes_it(queue: JobQueue) -
     assert queue.claim("t", block_ms=100, stale_ms=60_000) is not None
     record = queue.request_cancel(job_id)
     assert (record["status"], record["cancel_requested"]) == ("running", True)
-    queue.finish(job_id, "canceled", error="canceled by request")
+    queue.finish(job_id, "t", "canceled", error="canceled by request")
     assert record_of(queue, job_id)["status"] == "canceled"
 
 
 def test_cancel_finished_job_changes_nothing(queue: JobQueue) -> None:
     job_id = queue.submit("a", {})
     queue.claim("t", block_ms=100, stale_ms=60_000)
-    queue.finish(job_id, "succeeded", result={})
+    queue.finish(job_id, "t", "succeeded", result={})
     before = queue.get(job_id)
     assert queue.request_cancel(job_id) == before
 
@@ -175,8 +177,50 @@ def test_stale_running_job_is_reclaimed_by_another_trainer(
     assert queue.heartbeat(job_id, "dead-trainer") is False  # it lost the job
     assert queue.heartbeat(job_id, "live-trainer") is True
 
-    queue.finish(job_id, "failed", error="trainer dead-trainer died during training")
+    queue.finish(
+        job_id, "live-trainer", "failed", error="trainer dead-trainer died during training"
+    )
     assert pending_count(redis_conn, keys) == 0
+
+
+def test_a_trainer_that_lost_its_job_can_neither_report_progress_nor_finish_it(
+    queue: JobQueue, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    job_id = queue.submit("a", {})
+    assert queue.claim("slow-trainer", block_ms=100, stale_ms=STALE_MS) is not None
+    time.sleep(STALE_MS * 1.5 / 1000)
+    assert queue.claim("live-trainer", block_ms=0, stale_ms=STALE_MS) is not None
+    step = Progress(epoch=1, step=5, total_steps=20, loss=0.75)
+
+    assert queue.progress(job_id, "slow-trainer", step) is False
+    assert queue.finish(job_id, "slow-trainer", "succeeded", result={"version": 9}) is False
+    assert record_of(queue, job_id)["step"] == 0
+    assert (record_of(queue, job_id)["status"], pending_count(redis_conn, keys)) == ("running", 1)
+
+    assert queue.finish(job_id, "live-trainer", "failed", error="slow-trainer stopped") is True
+    assert queue.finish(job_id, "slow-trainer", "succeeded", result={"version": 9}) is False
+    assert queue.finish(job_id, "live-trainer", "succeeded", result={"version": 9}) is False
+    assert queue.progress(job_id, "live-trainer", step) is False
+    record = record_of(queue, job_id)
+    assert (record["status"], record["error"], record["result"]) == (
+        "failed",
+        "slow-trainer stopped",
+        None,
+    )
+
+
+def test_a_stale_job_behind_many_live_ones_is_reclaimed(queue: JobQueue) -> None:
+    """XAUTOCLAIM looks at ten pending entries per step; the scan must go past them."""
+    job_ids = [queue.submit(f"t{i}", {}) for i in range(13)]
+    for index, job_id in enumerate(job_ids):
+        assert claimed_id(queue, f"trainer-{index}") == job_id
+    for _ in range(3):
+        time.sleep(STALE_MS / 2 / 1000)
+        for index, job_id in enumerate(job_ids[:-1]):
+            assert queue.heartbeat(job_id, f"trainer-{index}") is True
+    reclaimed = queue.claim("new-trainer", block_ms=0, stale_ms=STALE_MS)
+    assert reclaimed is not None
+    assert (reclaimed["id"], reclaimed["interrupted_worker"]) == (job_ids[-1], "trainer-12")
 
 
 def test_heartbeat_keeps_a_running_job_from_being_reclaimed(queue: JobQueue) -> None:
@@ -206,7 +250,7 @@ def test_delivered_but_never_started_job_is_reclaimed_as_fresh(
     """A trainer that died between reading the stream and starting the job interrupted nothing."""
     job_id = queue.submit("a", {})
     queue.claim("other", block_ms=0, stale_ms=STALE_MS)  # creates the group; starts job_id
-    queue.finish(job_id, "succeeded")
+    queue.finish(job_id, "other", "succeeded")
     fresh = queue.submit("b", {})
     redis_conn.xreadgroup(keys.jobs_group, "crashed", {keys.jobs: ">"}, count=1)
     time.sleep(STALE_MS * 1.5 / 1000)

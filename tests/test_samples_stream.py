@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import redis
@@ -72,6 +74,24 @@ def test_claim_stale_takes_over_a_dead_consumers_entries(stream: SampleStream) -
     assert [e.entry_id for e in claimed] == read
     assert [e.deliveries for e in claimed] == [2, 2, 2]
     assert stream.delivery_counts([*read, "0-1"]) == dict.fromkeys(read, 2)
+
+
+def test_keep_hides_entries_in_hand_from_claim_stale_without_counting_a_delivery(
+    stream: SampleStream,
+) -> None:
+    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    first, second, third = (e.entry_id for e in stream.read("busy", count=10, block_ms=None))
+    time.sleep(0.6)
+    assert [e.entry_id for e in stream.claim_stale("other", min_idle_ms=500, count=1)] == [first]
+
+    assert stream.keep("busy", [first, second, third]) == 2  # first is "other"'s now
+    assert stream.claim_stale("other", min_idle_ms=500, count=10) == []
+    assert stream.delivery_counts([first, second, third]) == {first: 2, second: 1, third: 1}
+    time.sleep(0.6)
+    claimed = stream.claim_stale("other", min_idle_ms=500, count=10)
+    assert {e.entry_id for e in claimed} == {first, second, third}
+    assert stream.keep("busy", [first, second]) == 0
+    assert stream.keep("busy", []) == 0
 
 
 def test_a_trimmed_pending_entry_surfaces_with_no_fields(

@@ -19,16 +19,19 @@ import redis
 import torch
 
 import mas
+from mas.accumulator import ImportanceAccumulator
 from mas.bench.suites import load_suite
 from mas.store.datasets import DatasetStore, split_holdout
 from mas.store.jobs import JobQueue
 from mas.store.keys import Keys
+from mas.store.omega import OmegaStore
+from mas.store.redis_server import EmbeddedRedis, redis_client
 from mas.store.registry import ModelRegistry
 from mas.store.samples import SampleStream
 from mas.store.settings import Settings
 from tests.api_support import wait_until
 from worker.importance import ImportanceWorker
-from worker.trainer import Trainer
+from worker.trainer import JobLease, LeaseLost, Trainer
 
 
 @pytest.fixture
@@ -127,6 +130,36 @@ def test_traffic_importance_is_used_when_enough_was_served(
     boundary = stores["registry"].extra_tensors(2, "omega_boundary")
     for name, value in expected.items():
         torch.testing.assert_close(boundary[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_a_non_finite_traffic_omega_is_refused_for_data_omega(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """A partial committed with an overflowed row must not turn the penalty into NaN."""
+    trainer = make_trainer(settings, redis_conn, keys)
+    upload(stores, "task0", *digits_task(0))
+    trainer.run_once(block_ms=2000)
+    model = stores["registry"].load(1).model
+    poisoned = ImportanceAccumulator()
+    sums = {name: torch.ones_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
+    sums["trunk.1.weight"][0, 0] = float("inf")
+    poisoned.add(sums, 150)
+    omega = OmegaStore(redis_conn, keys)
+    omega.load_partial(1, "old-worker")
+    assert omega.commit({1: poisoned}, {1: {"task0": 150}}, "old-worker", "old-consumer", [])
+
+    job = upload(stores, "task1", *digits_task(1))
+    trainer.run_once(block_ms=2000)
+
+    record = stores["jobs"].get(job)
+    assert record["status"] == "succeeded", record["error"]
+    result = record["result"]
+    assert result["omega"]["source"] == "data"
+    assert result["omega"]["traffic_samples"] == 150
+    assert "not finite" in result["omega"]["traffic_rejected"]
+    assert result["activated"] and stores["registry"].current_version() == 2
+    boundary = stores["registry"].extra_tensors(2, "omega_boundary")
+    assert all(torch.isfinite(value).all() for value in boundary.values())
 
 
 def test_retention_gate_holds_a_version_that_forgets(
@@ -229,3 +262,87 @@ def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
     assert "stopped while running this job" in record["error"]
     assert stores["registry"].current_version() == 1
     assert [m["version"] for m in stores["registry"].list_versions()] == [1]
+
+
+def test_a_trainer_that_lost_its_lease_stops_and_publishes_nothing(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Another trainer (here one with a far shorter lease) reclaims the job mid-training: the
+    first one's heartbeat is refused, so it stops and cannot overwrite the job's outcome."""
+    upload(stores, "task0", *digits_task(0))
+    make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+    job = upload(stores, "task1", *digits_task(1), epochs=2000)
+    slow = make_trainer(settings, redis_conn, keys, consumer="slow")
+    runner = threading.Thread(target=slow.run_once, kwargs={"block_ms": 2000})
+    runner.start()
+    wait_until(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+    impatient = settings.model_copy(update={"job_lease_ms": 1})
+    assert make_trainer(impatient, redis_conn, keys, consumer="impatient").run_once(block_ms=0)
+    runner.join(30)
+
+    assert not runner.is_alive(), "the trainer kept training a job it no longer held"
+    record = stores["jobs"].get(job)
+    assert record["status"] == "failed"
+    assert record["error"].startswith("trainer slow stopped while running this job")
+    assert stores["registry"].current_version() == 1
+    assert [m["version"] for m in stores["registry"].list_versions()] == [1]
+
+
+def test_a_lease_is_lost_when_no_heartbeat_gets_through_for_a_whole_lease(
+    own_redis: EmbeddedRedis, keys: Keys
+) -> None:
+    client = redis_client(own_redis.url, timeout=1.0)
+    jobs = JobQueue(client, keys)
+    job_id = jobs.submit("a", {})
+    assert jobs.claim("t", block_ms=100, stale_ms=60_000) is not None
+    lease = JobLease(jobs, job_id, "t", lease_ms=300)
+    assert lease.beat() and not lease.lost
+    own_redis.stop()
+    assert not lease.beat() and not lease.lost  # one missed heartbeat: the lease still holds
+    time.sleep(0.35)
+    assert not lease.beat() and lease.lost
+    with pytest.raises(LeaseLost, match="no heartbeat reached Redis"):
+        lease.require("publishing")
+
+
+def test_a_job_whose_version_was_activated_before_its_trainer_died_succeeded(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """The trainer published and activated, then died before recording the outcome."""
+    job_id = upload(stores, "task0", *digits_task(0))
+    crashed = make_trainer(settings, redis_conn, keys, consumer="crashed")
+    job = stores["jobs"].claim("crashed", block_ms=100, stale_ms=60_000)
+    crashed.learn(job, JobLease(stores["jobs"], job_id, "crashed", settings.job_lease_ms))
+    assert stores["registry"].current_version() == 1
+    assert stores["jobs"].get(job_id)["status"] == "running"
+    time.sleep(settings.job_lease_ms * 1.2 / 1000)
+
+    assert make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+
+    record = stores["jobs"].get(job_id)
+    assert record["status"] == "succeeded", record["error"]
+    result = record["result"]
+    assert (result["version"], result["parent"], result["activated"]) == (1, None, True)
+    assert "trainer crashed stopped" in result["recovered"]
+    assert result["accuracy_after"]["task0"] > 0.9
+    assert [m["version"] for m in stores["registry"].list_versions()] == [1]
+
+
+def test_run_forever_outlives_redis_timeouts(
+    settings: Settings, stores: dict[str, Any], redis_url: str, keys: Keys
+) -> None:
+    """A client timeout shorter than a blocking read: every idle read times out."""
+    impatient = redis_client(redis_url, timeout=0.2)
+    trainer = make_trainer(settings, impatient, keys)
+    stop = threading.Event()
+    runner = threading.Thread(target=trainer.run_forever, args=(stop,))
+    runner.start()
+    try:
+        time.sleep(1.5)
+        assert runner.is_alive()
+        job = upload(stores, "task0", *digits_task(0), epochs=2)
+        wait_until(lambda: stores["jobs"].get(job)["status"] == "succeeded", 60)
+    finally:
+        stop.set()
+        runner.join(10)
+        impatient.close()

@@ -3,9 +3,9 @@
 Per loop: take over entries a dead consumer left pending, read new ones, compute per-sample
 importance grouped by (model version, task) at that version's parameters, add it to this worker's
 in-memory partial of the version, and every few reads commit partials and acknowledgements in one
-atomic step (`OmegaStore.commit`). Entries that cannot be decoded, or that keep failing, go to the
-dead-letter stream with the reason. Several workers share one consumer group; Ω is their merged
-partials.
+atomic step (`OmegaStore.commit`). Entries that cannot be decoded, whose importance overflows, or
+that keep failing, go to the dead-letter stream with the reason. Several workers share one
+consumer group; Ω is their merged partials.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import redis
 import torch
 from prometheus_client import Counter, Gauge
 
-from mas.accumulator import ImportanceAccumulator
+from mas.accumulator import ImportanceAccumulator, all_finite
 from mas.importance import importance_sums
 from mas.importance_stats import layer_summary
 from mas.model import MultiHeadNet
@@ -133,11 +135,12 @@ class ImportanceWorker:
         fresh = list(
             {e.entry_id: e for e in entries if e.entry_id not in self._uncommitted}.values()
         )
-        applied = self._apply(fresh)
-        if fresh:
-            self._reads_since_commit += 1
-        if not fresh or self._reads_since_commit >= self._settings.checkpoint_every:
-            self.checkpoint()
+        with self._kept_fresh([e.entry_id for e in fresh] + sorted(self._uncommitted)):
+            applied = self._apply(fresh)
+            if fresh:
+                self._reads_since_commit += 1
+            if not fresh or self._reads_since_commit >= self._settings.checkpoint_every:
+                self.checkpoint()
         self._refresh_gauges()
         return applied
 
@@ -182,6 +185,32 @@ class ImportanceWorker:
         self._reads_since_commit = 0
         return committed
 
+    @contextmanager
+    def _kept_fresh(self, entry_ids: list[str]) -> Iterator[None]:
+        """Keeps the entries in hand fresh every third of claim_min_idle_ms while they are worked
+        on: a pass slower than that would otherwise let another worker reclaim them, redo the
+        work, refuse this worker's commit and count a delivery each time, until dead-lettered."""
+        interval = self._settings.claim_min_idle_ms / 3000
+        if not entry_ids or interval <= 0:
+            yield
+            return
+        done = threading.Event()
+
+        def keep() -> None:
+            while not done.wait(interval):
+                try:
+                    self._stream.keep(self.consumer, entry_ids)
+                except redis.RedisError as exc:
+                    log.warning("could not keep %d entries fresh: %s", len(entry_ids), exc)
+
+        thread = threading.Thread(target=keep, name=f"keep-{self.consumer}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def _apply(self, entries: list[StreamEntry]) -> int:
         groups: dict[tuple[int, str, tuple[int, ...]], list[tuple[StreamEntry, SampleEntry]]] = {}
         limit = self._settings.dead_letter_after
@@ -220,6 +249,8 @@ class ImportanceWorker:
                 if (entry.deliveries or 0) >= self._settings.dead_letter_after:
                     self._dead_letter(entry, "failed", reason)
             return 0
+        if not all_finite(sums):
+            return self._apply_non_finite(version, task, group)
         # float64 running sums: in float32 one sample's share is lost once ~10⁷ are summed.
         sums64 = {name: value.to("cpu", torch.float64) for name, value in sums.items()}
         self._accumulator(version).add(sums64, inputs.shape[0])
@@ -227,6 +258,21 @@ class ImportanceWorker:
         self._uncommitted.update(entry.entry_id for entry, _ in group)
         BATCHES.inc()
         return inputs.shape[0]
+
+    def _apply_non_finite(
+        self, version: int, task: str, group: list[tuple[StreamEntry, SampleEntry]]
+    ) -> int:
+        """Finite inputs can still overflow Ω (rows of ~1e20): one inf or NaN would poison the
+        version's partial for good, so the entries are retried one by one and the ones that
+        overflow alone are dead-lettered, while the rest are counted."""
+        if len(group) > 1:
+            return sum(self._apply_group(version, task, [item]) for item in group)
+        self._dead_letter(
+            group[0][0],
+            "non_finite_importance",
+            f"its importance at version {version}, task {task!r} is not finite",
+        )
+        return 0
 
     def _dead_letter(self, entry: StreamEntry, kind: str, reason: str) -> None:
         log.warning("dead-lettering %s (%s): %s", entry.entry_id, kind, reason)

@@ -24,7 +24,7 @@ import redis
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from mas.accumulator import ImportanceAccumulator
+from mas.accumulator import ImportanceAccumulator, all_finite
 from mas.importance import importance_sums
 from mas.model import MultiHeadNet, build_model
 from mas.penalty import QuadraticAnchor, consolidate
@@ -56,6 +56,58 @@ class ServedVersionMoved(RuntimeError):
     """Every attempt of a job was overtaken by another job's activation."""
 
 
+class LeaseLost(RuntimeError):
+    """The job may be another trainer's now: this one must neither publish nor activate for it."""
+
+
+class JobLease:
+    """This trainer's hold on a running job, as its heartbeats see it. Lost for good once Redis
+    says the job is no longer running under this trainer, or once no heartbeat got through for a
+    whole lease (by then another trainer may have reclaimed it)."""
+
+    def __init__(self, jobs: JobQueue, job_id: str, consumer: str, lease_ms: int) -> None:
+        self._jobs = jobs
+        self.job_id = job_id
+        self.consumer = consumer
+        self._lease_s = lease_ms / 1000
+        self._renewed_at = time.monotonic()
+        self.lost_reason: str | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_reason is not None
+
+    def beat(self) -> bool:
+        """One heartbeat; True when Redis confirmed the job is still this trainer's."""
+        if self.lost:
+            return False
+        sent_at = time.monotonic()
+        try:
+            owned = self._jobs.heartbeat(self.job_id, self.consumer)
+        except redis.RedisError as error:
+            log.warning("heartbeat for job %s failed: %s", self.job_id, error)
+            silent_s = sent_at - self._renewed_at
+            if silent_s >= self._lease_s:
+                self.lose(f"no heartbeat reached Redis for {silent_s:.1f} s, a whole lease")
+            return False
+        if owned:
+            self._renewed_at = sent_at
+        else:
+            self.lose("the job is no longer running under this trainer")
+        return owned
+
+    def lose(self, reason: str) -> None:
+        if self.lost_reason is None:
+            log.warning("job %s: lease lost: %s", self.job_id, reason)
+            self.lost_reason = reason
+
+    def require(self, step: str) -> None:
+        """Renews the lease right before an irreversible step; LeaseLost if it cannot."""
+        if not self.beat():
+            self.lose(f"the lease could not be renewed before {step}")
+            raise LeaseLost(self.lost_reason)
+
+
 class Trainer:
     def __init__(
         self,
@@ -83,19 +135,18 @@ class Trainer:
         if job is None:
             return False
         if job.get("interrupted_worker") is not None:
-            self._finish(
-                job,
-                FAILED,
-                error=f"trainer {job['interrupted_worker']} stopped while running this job "
-                f"(attempt {job['attempts'] - 1}); the served model version is unchanged",
-            )
+            self._finish_interrupted(job)
             return True
         started = time.perf_counter()
+        lease = JobLease(self.jobs, job["id"], self.consumer, self.settings.job_lease_ms)
         try:
-            with self._heartbeat(job["id"]):
-                result = self.learn(job)
-        except TrainingStopped:
-            self._finish(job, CANCELED, error="canceled by request")
+            with self._heartbeat(lease):
+                result = self.learn(job, lease)
+        except (TrainingStopped, LeaseLost):
+            if lease.lost:
+                self._finish(job, FAILED, error=f"stopped: {lease.lost_reason}; nothing published")
+            else:
+                self._finish(job, CANCELED, error="canceled by request")
         except Exception as error:
             log.exception("job %s failed", job["id"])
             self._finish(job, FAILED, error=f"{type(error).__name__}: {error}")
@@ -111,24 +162,21 @@ class Trainer:
         while not stop.is_set():
             try:
                 self.run_once()
-            except redis.ConnectionError as error:
+            except (redis.ConnectionError, redis.TimeoutError) as error:
                 log.warning("redis unavailable (%s); retrying", error)
                 stop.wait(_REPORT_INTERVAL_S * 4)
 
     @contextmanager
-    def _heartbeat(self, job_id: str) -> Iterator[None]:
+    def _heartbeat(self, lease: JobLease) -> Iterator[None]:
         """Keeps the job's lease fresh through every stage (Ω, training, evaluation, publish)."""
         done = threading.Event()
         interval = self.settings.job_lease_ms / 3000
 
         def beat() -> None:
             while not done.wait(interval):
-                try:
-                    self.jobs.heartbeat(job_id, self.consumer)
-                except redis.RedisError as error:
-                    log.warning("heartbeat for job %s failed: %s", job_id, error)
+                lease.beat()
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"heartbeat-{lease.job_id}", daemon=True)
         thread.start()
         try:
             yield
@@ -137,16 +185,32 @@ class Trainer:
             thread.join()
 
     def _finish(self, job: JobRecord, status: str, **outcome: Any) -> None:
-        self.jobs.finish(job["id"], status, **outcome)
-        JOBS.labels(status=status).inc()
+        if self.jobs.finish(job["id"], self.consumer, status, **outcome):
+            JOBS.labels(status=status).inc()
+        else:
+            log.warning("job %s is no longer this trainer's; its outcome stands", job["id"])
 
-    def learn(self, job: JobRecord) -> dict[str, Any]:
+    def _finish_interrupted(self, job: JobRecord) -> None:
+        """A job whose trainer stopped: the version it published, if any, is its outcome."""
+        stopped = f"trainer {job['interrupted_worker']} stopped while running this job"
+        result = _published_result(job["id"], self.registry.list_versions())
+        if result is not None:
+            self._finish(job, SUCCEEDED, result={**result, "recovered": stopped})
+            return
+        self._finish(
+            job,
+            FAILED,
+            error=f"{stopped} (attempt {job['attempts'] - 1}); "
+            "the served model version is unchanged",
+        )
+
+    def learn(self, job: JobRecord, lease: JobLease) -> dict[str, Any]:
         """Trains on top of the served version. If another job's version is activated meanwhile,
         this job's result would lack that job's task, so it starts again on top of the new one."""
         data = self.datasets.load(job["task"])
         for restarts in range(MAX_RESTARTS + 1):
             parent = self.registry.current_version()
-            result = self._learn_from(parent, job, data)
+            result = self._learn_from(parent, job, data, lease)
             if result is not None:
                 return {**result, "restarts": restarts}
             log.info(
@@ -158,7 +222,7 @@ class Trainer:
         )
 
     def _learn_from(
-        self, parent: int | None, job: JobRecord, data: dict[str, Any]
+        self, parent: int | None, job: JobRecord, data: dict[str, Any], lease: JobLease
     ) -> dict[str, Any] | None:
         """None when the served version is no longer `parent` by the time this one is ready."""
         task, params = job["task"], job["params"]
@@ -189,7 +253,7 @@ class Trainer:
             momentum=self.settings.momentum,
             seed=self.settings.seed,
         )
-        report, should_stop = self._reporters(job["id"])
+        report, should_stop = self._reporters(lease)
         train_task(
             model,
             task,
@@ -204,6 +268,7 @@ class Trainer:
         activated, reason = self._retention_gate(accuracy_before, accuracy_after)
         if self.registry.current_version() != parent:
             return None
+        lease.require("publishing")
         version = self.registry.publish(
             model,
             parent=parent,
@@ -214,13 +279,16 @@ class Trainer:
                 "lambda": None if anchor is None else anchor.lam,
                 "omega": omega_info,
                 "retention_gate": reason,
+                "retention_gate_passed": activated,
             },
             extra_tensors={name: _cpu(tensors) for name, tensors in boundary.items()},
         )
         # The check above keeps superseded versions from being published; this compare-and-set
         # closes the remaining window (a version published in it stays, unserved, in the list).
-        if activated and not self.registry.activate_replacing(version, parent):
-            return None
+        if activated:
+            lease.require("activating")
+            if not self.registry.activate_replacing(version, parent):
+                return None
         return {
             "version": version,
             "parent": parent,
@@ -248,13 +316,15 @@ class Trainer:
         """Ω_new at the served parameters: from the traffic this version served when there was
         enough of it, otherwise from the stored training data of the tasks it knows."""
         traffic = self.omega.merged(version)
-        if traffic is not None and traffic.count >= self.settings.min_traffic_samples:
+        rejected = _traffic_rejection(traffic, self.settings)
+        if traffic is not None and rejected is None:
             parameters = dict(model.named_parameters())
             omega = {
                 name: value.to(self.device, parameters[name].dtype)
                 for name, value in traffic.mean().items()
             }
             return omega, {"source": "traffic", "samples": int(traffic.count)}
+        log.info("v%d: Ω from the stored training data: %s", version, rejected)
         accumulator = ImportanceAccumulator()
         for task in model.tasks:
             inputs = stored[task]["x_train"]
@@ -271,6 +341,7 @@ class Trainer:
             "source": "data",
             "samples": int(accumulator.count),
             "traffic_samples": served,
+            "traffic_rejected": rejected,
         }
 
     def _evaluate_all(
@@ -297,18 +368,23 @@ class Trainer:
             )
         return True, f"largest drop {drops[worst]:.4f} on task {worst} is within {limit:.4f}"
 
-    def _reporters(self, job_id: str) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
-        """Progress writes, heartbeats and cancellation checks, at most every half second."""
+    def _reporters(self, lease: JobLease) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
+        """Progress writes and cancellation checks, at most every half second; a lost lease stops
+        training at the next step."""
+        job_id = lease.job_id
         last = {"report": 0.0, "cancel": 0.0}
 
         def report(progress: Progress) -> None:
             now = time.monotonic()
             if now - last["report"] >= _REPORT_INTERVAL_S or progress.step == progress.total_steps:
                 last["report"] = now
-                self.jobs.progress(job_id, progress)
+                if not self.jobs.progress(job_id, self.consumer, progress):
+                    lease.lose("progress refused: the job is no longer running under this trainer")
                 JOB_PROGRESS.set(progress.fraction)
 
         def should_stop() -> bool:
+            if lease.lost:
+                return True
             now = time.monotonic()
             if now - last["cancel"] < _REPORT_INTERVAL_S:
                 return False
@@ -317,6 +393,40 @@ class Trainer:
             return record is None or bool(record.get("cancel_requested"))
 
         return report, should_stop
+
+
+def _traffic_rejection(traffic: ImportanceAccumulator | None, settings: Settings) -> str | None:
+    """Why the traffic Ω cannot be the boundary Ω, or None when it can. A non-finite partial (a
+    worker that counted an overflowed row) would make the penalty NaN at the first step."""
+    if traffic is None:
+        return "no traffic served"
+    if traffic.count < settings.min_traffic_samples:
+        return f"{int(traffic.count)} samples < min_traffic_samples {settings.min_traffic_samples}"
+    if not all_finite(traffic.sums):
+        return "traffic Ω is not finite"
+    return None
+
+
+def _published_result(job_id: str, manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The result of the version an interrupted attempt of the job published, if any. Activated:
+    served now, or the parent of another version (trainers build only on the served version)."""
+    mine = [m for m in manifests if m.get("info", {}).get("job_id") == job_id]
+    if not mine:
+        return None
+    manifest, info = mine[-1], mine[-1]["info"]
+    version = manifest["version"]
+    activated = manifest["current"] or any(m["parent"] == version for m in manifests)
+    reason = info.get("retention_gate")
+    if not activated and info.get("retention_gate_passed", True):
+        reason = f"{reason}; published but not activated: activate v{version} to serve it"
+    return {
+        "version": version,
+        "parent": manifest["parent"],
+        "activated": activated,
+        "reason": reason,
+        "accuracy_after": manifest.get("metrics", {}).get("accuracy", {}),
+        "omega": info.get("omega"),
+    }
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

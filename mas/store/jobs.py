@@ -34,6 +34,8 @@ FINAL_STATUSES: Final = frozenset({SUCCEEDED, FAILED, CANCELED})
 _MAX_BLOCK_MS: Final = 1000
 # Hash field holding the stream entry id of the job's delivery; internal, not part of a record.
 _ENTRY_FIELD: Final = "entry"
+# XAUTOCLAIM's cursor at the start of the pending list, and its reply once the scan wrapped.
+_SCAN_START: Final = "0-0"
 
 
 class UnknownJob(LookupError):
@@ -81,12 +83,32 @@ redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, redis.call('HGET', KEYS[1], '
 return 1
 """
 
-_FINISH_SCRIPT = """
+# Writes (returns 1) only while the job runs under this trainer (ARGV[1]): a trainer that lost
+# its lease must not overwrite the outcome another trainer reported, nor acknowledge its entry.
+_OWNED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+   or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 0
+end
+"""
+
+_PROGRESS_SCRIPT = (
+    _OWNED
+    + """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry then redis.call('XACK', KEYS[2], ARGV[1], entry) end
 return 1
 """
+)
+
+_FINISH_SCRIPT = (
+    _OWNED
+    + """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then redis.call('XACK', KEYS[2], ARGV[2], entry) end
+return 1
+"""
+)
 
 
 def _encode(value: Any) -> str:
@@ -98,6 +120,11 @@ def _encode(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)
+
+
+def _flatten(fields: dict[str, Any]) -> list[str]:
+    """HSET's field, value, field, value... arguments, encoded."""
+    return [item for name, value in fields.items() for item in (name, _encode(value))]
 
 
 def _optional(decode: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -152,6 +179,7 @@ class JobQueue:
         self._start_script = redis_client.register_script(_START_SCRIPT)
         self._cancel_script = redis_client.register_script(_CANCEL_SCRIPT)
         self._heartbeat_script = redis_client.register_script(_HEARTBEAT_SCRIPT)
+        self._progress_script = redis_client.register_script(_PROGRESS_SCRIPT)
         self._finish_script = redis_client.register_script(_FINISH_SCRIPT)
 
     def submit(self, task: str, params: dict[str, Any]) -> str:
@@ -224,17 +252,19 @@ class JobQueue:
         )
         return bool(owned)
 
-    def progress(self, job_id: str, progress: Progress) -> None:
-        self._redis.hset(
-            self._keys.job(job_id),
-            mapping={
-                "progress": _encode(progress.fraction),
-                "epoch": _encode(progress.epoch),
-                "step": _encode(progress.step),
-                "total_steps": _encode(progress.total_steps),
-                "loss": _encode(progress.loss),
-            },
+    def progress(self, job_id: str, consumer: str, progress: Progress) -> bool:
+        """False (and nothing written) once the job is no longer running under `consumer`."""
+        fields = {
+            "progress": progress.fraction,
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "total_steps": progress.total_steps,
+            "loss": progress.loss,
+        }
+        written = self._progress_script(
+            keys=[self._keys.job(job_id)], args=[consumer, *_flatten(fields)]
         )
+        return bool(written)
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Queued: canceled now. Running: flagged for its trainer to stop. Finished: unchanged."""
@@ -247,11 +277,15 @@ class JobQueue:
     def finish(
         self,
         job_id: str,
+        consumer: str,
         status: str,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> None:
-        """Final state and acknowledgement together, so a finished job is never redelivered."""
+    ) -> bool:
+        """Final state and acknowledgement together, so a finished job is never redelivered.
+
+        False (and nothing written) once the job is no longer running under `consumer`.
+        """
         if status not in FINAL_STATUSES:
             raise ValueError(
                 f"final status must be one of {sorted(FINAL_STATUSES)}, not {status!r}"
@@ -264,11 +298,11 @@ class JobQueue:
         }
         if status == SUCCEEDED:
             fields["progress"] = 1.0
-        flat = [item for name, value in fields.items() for item in (name, _encode(value))]
-        self._finish_script(
+        written = self._finish_script(
             keys=[self._keys.job(job_id), self._keys.jobs],
-            args=[self._keys.jobs_group, *flat],
+            args=[consumer, self._keys.jobs_group, *_flatten(fields)],
         )
+        return bool(written)
 
     def _ensure_group(self) -> None:
         """Created from the stream's start, so jobs submitted before any trainer are delivered."""
@@ -279,10 +313,20 @@ class JobQueue:
                 raise
 
     def _reclaim_stale(self, consumer: str, stale_ms: int) -> tuple[str, str | None] | None:
-        _, entries, *_ = self._redis.xautoclaim(
-            self._keys.jobs, self._keys.jobs_group, consumer, min_idle_time=stale_ms, count=1
-        )
-        return _first_delivery(entries)
+        """Scans the whole pending list: one XAUTOCLAIM step looks at only ten entries, and the
+        running jobs that other trainers keep fresh may be more than that."""
+        cursor = _SCAN_START
+        while True:
+            cursor, entries, *_ = self._redis.xautoclaim(
+                self._keys.jobs,
+                self._keys.jobs_group,
+                consumer,
+                min_idle_time=stale_ms,
+                start_id=cursor,
+                count=1,
+            )
+            if entries or as_text(cursor) == _SCAN_START:
+                return _first_delivery(entries)
 
     def _read_new(self, consumer: str, block_ms: int) -> tuple[str, str | None] | None:
         response = self._redis.xreadgroup(

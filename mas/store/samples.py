@@ -24,6 +24,19 @@ _FLOAT32_LE: Final = np.dtype("<f4")
 # Cursor value meaning "this consumer has no backlog left to scan; read new entries".
 _NEW: Final = ">"
 
+# Resets the idle time of the ids (ARGV[3:]) still pending for consumer ARGV[2], without counting
+# a delivery (JUSTID); ids another consumer took over stay with it. Returns how many were kept.
+_KEEP_SCRIPT: Final = """
+local kept = 0
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
 
 class CorruptSample(ValueError):
     """A stream entry that cannot be decoded into finite float32 rows; it goes to dead letters."""
@@ -91,6 +104,7 @@ class SampleStream:
         self._maxlen = maxlen
         self._backlog: dict[str, str] = {}
         self._claim_cursor: dict[str, str] = {}
+        self._keep_script = redis_client.register_script(_KEEP_SCRIPT)
 
     def append_many(self, items: list[tuple[int, str, np.ndarray]]) -> int:
         """One round trip for all items; returns the number of rows appended."""
@@ -152,6 +166,16 @@ class SampleStream:
         # Redis >= 7 drops trimmed entries from the pending list and names them in a third item.
         trimmed = [StreamEntry(as_text(i), {}, None) for i in (reply[2] if len(reply) > 2 else [])]
         return self._with_deliveries(claimed) + trimmed
+
+    def keep(self, consumer: str, entry_ids: list[str]) -> int:
+        """Keeps entries this consumer is still working on from looking stale to `claim_stale`;
+        returns how many are still pending for it."""
+        if not entry_ids:
+            return 0
+        kept = self._keep_script(
+            keys=[self._keys.samples], args=[self._keys.importance_group, consumer, *entry_ids]
+        )
+        return int(kept)
 
     def delivery_counts(self, ids: list[str]) -> dict[str, int]:
         """Times each still-pending id was delivered; ids no longer pending are absent."""
