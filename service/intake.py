@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mas.data import MAX_CLASSES, DataValidationError, validate_task_arrays, validate_task_name
 from mas.store.datasets import DatasetStore, parse_dataset_file, split_holdout
-from mas.store.jobs import JobQueue
+from mas.store.jobs import JobQueue, new_job_id
 from mas.store.settings import Settings
 from service.errors import ApiError
 from service.state import ServedModel
@@ -124,12 +124,17 @@ class TaskIntake:
             meta: dict[str, Any] = {"source": source, "holdout_fraction": fraction}
             if options.num_classes is not None:
                 meta["num_classes"] = options.num_classes
-            self._datasets.save(task, x_train, y_train, x_holdout, y_holdout, meta)
-            try:
-                return self._jobs.submit(task, options.job_params())
-            except BaseException:
-                self._datasets.delete(task)
-                raise
+            job_id = new_job_id()
+            self._datasets.save(
+                task,
+                x_train,
+                y_train,
+                x_holdout,
+                y_holdout,
+                meta,
+                alongside=lambda pipe: self._jobs.queue(pipe, job_id, task, options.job_params()),
+            )
+            return job_id
 
     def _refuse_existing(self, task: str) -> None:
         loaded = self._served.current

@@ -16,7 +16,9 @@ import torch
 
 from mas.data import DataValidationError
 from mas.store.datasets import DatasetStore, UnknownDataset, parse_dataset_file, split_holdout
+from mas.store.jobs import JobQueue, new_job_id
 from mas.store.keys import Keys
+from mas.store.redis_server import EmbeddedRedis
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -240,16 +242,29 @@ def test_store_unknown_and_invalid_names(store: DatasetStore) -> None:
     assert caught.value.field == "name"
 
 
-def test_delete_removes_files_and_metadata(
-    tmp_path: Path, redis_conn: redis.Redis, keys: Keys
+def test_a_dataset_becomes_visible_only_with_what_is_stored_alongside(
+    tmp_path: Path, own_redis: EmbeddedRedis, keys: Keys
 ) -> None:
-    store = DatasetStore(redis_conn, keys, tmp_path)
+    """Redis going away inside the save leaves no metadata behind: the name stays free."""
+    client = redis.Redis.from_url(own_redis.url)
+    store = DatasetStore(client, keys, tmp_path)
+    jobs = JobQueue(client, keys)
     x, y = np.ones((4, 3), dtype=np.float32), np.array([0, 1, 0, 1])
-    store.save("gone", x, y, x, y, {})
-    store.delete("gone")
-    assert not store.exists("gone")
-    assert not (tmp_path / "gone").exists()
-    assert store.names() == []
+
+    def queue_then_lose_redis(pipe: redis.client.Pipeline) -> None:
+        jobs.queue(pipe, new_job_id(), "lost", {})
+        own_redis.stop()
+
+    with pytest.raises(redis.ConnectionError):
+        store.save("lost", x, y, x, y, {}, alongside=queue_then_lose_redis)
+    own_redis.start()
+    assert not store.exists("lost")
+    assert jobs.list(10) == []
+    job_id = new_job_id()
+    store.save("lost", x, y, x, y, {}, alongside=lambda pipe: jobs.queue(pipe, job_id, "lost", {}))
+    assert store.exists("lost")
+    assert [job["id"] for job in jobs.list(10)] == [job_id]
+    client.close()
 
 
 def npz_claiming(shape: tuple[int, ...]) -> bytes:

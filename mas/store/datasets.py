@@ -7,12 +7,11 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +221,14 @@ class DatasetStore:
         x_holdout: np.ndarray | torch.Tensor,
         y_holdout: np.ndarray | torch.Tensor,
         meta: dict[str, Any],
+        alongside: Callable[[redis.client.Pipeline], None] | None = None,
     ) -> dict[str, Any]:
         """Returns the stored metadata. A declared num_classes in `meta` wins over the inferred
-        one (a task may declare classes its data lacks); shapes and counts come from the data."""
+        one (a task may declare classes its data lacks); shapes and counts come from the data.
+
+        The metadata is written in one transaction with `alongside`'s commands (the task's job),
+        so the dataset never becomes visible without them. Files of a save whose transaction
+        failed are invisible, and the next save of the name overwrites them."""
         for split, (x, y) in zip(SPLITS, ((x_train, y_train), (x_holdout, y_holdout)), strict=True):
             atomic_write_bytes(self._split_path(name, split), _npz_bytes(x, y))
         largest_label = max(
@@ -238,7 +242,11 @@ class DatasetStore:
             "n_holdout": len(y_holdout),
             "created_at": time.time(),
         }
-        self._redis.hset(self._keys.tasks, name, json.dumps(record))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._keys.tasks, name, json.dumps(record))
+        if alongside is not None:
+            alongside(pipe)
+        pipe.execute()
         return record
 
     def load(self, name: str) -> dict[str, Any]:
@@ -269,11 +277,6 @@ class DatasetStore:
         finally:
             if held:
                 self._redis.eval(_RELEASE_SCRIPT, 1, key, token)
-
-    def delete(self, name: str) -> None:
-        """Undo a save whose job could not be queued: metadata first, so no reader sees a half."""
-        self._redis.hdel(self._keys.tasks, name)
-        shutil.rmtree(self._directory(name), ignore_errors=True)
 
     def exists(self, name: str) -> bool:
         return bool(self._redis.hexists(self._keys.tasks, name))

@@ -38,6 +38,10 @@ _ENTRY_FIELD: Final = "entry"
 _SCAN_START: Final = "0-0"
 
 
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
 class UnknownJob(LookupError):
     """No job with this id."""
 
@@ -184,7 +188,17 @@ class JobQueue:
 
     def submit(self, task: str, params: dict[str, Any]) -> str:
         """Record, index and enqueue in one transaction: a job is either fully queued or absent."""
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id()
+        pipe = self._redis.pipeline(transaction=True)
+        self.queue(pipe, job_id, task, params)
+        pipe.execute()
+        return job_id
+
+    def queue(
+        self, pipe: redis.client.Pipeline, job_id: str, task: str, params: dict[str, Any]
+    ) -> None:
+        """Adds the job's record, index entry and delivery to a caller's transaction, so what the
+        job needs (its dataset's metadata) becomes visible in the same step as the job."""
         now = time.time()
         record = {
             "id": job_id,
@@ -205,12 +219,9 @@ class JobQueue:
             "error": None,
             "cancel_requested": False,
         }
-        pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self._keys.job(job_id), mapping={k: _encode(v) for k, v in record.items()})
         pipe.zadd(self._keys.job_index, {job_id: now})
         pipe.xadd(self._keys.jobs, {"id": job_id})
-        pipe.execute()
-        return job_id
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self._redis.hgetall(self._keys.job(job_id))
