@@ -145,19 +145,24 @@ def test_divergence_is_an_error_not_a_model_of_nans() -> None:
         )
 
 
+def observed_sgd_step(model: torch.nn.Module, path: PathIntegral, loss: torch.Tensor) -> None:
+    """One plain SGD step (lr 0.1) on `loss`, with the path integral watching as in training."""
+    loss.backward()
+    path.before_step(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter -= 0.1 * parameter.grad
+    path.after_step(model)
+
+
 def test_path_integral_matches_minus_gradient_times_step() -> None:
     model = mas.build_model(SPEC, {"a": 2})
     path = PathIntegral(model)
     x, y = torch.randn(16, 10), torch.randint(0, 2, (16,))
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss = torch.nn.functional.cross_entropy(model(x, "a"), y)
-    loss.backward()
+    observed_sgd_step(model, path, loss)
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    path.before_step(model)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter -= 0.1 * parameter.grad
-    path.after_step(model)
     for name, parameter in model.named_parameters():
         step = parameter.detach() - start[name]
         torch.testing.assert_close(path.omega[name], -grads[name] * step)
@@ -189,12 +194,9 @@ def test_path_integral_takes_the_task_loss_gradient_not_the_penalty() -> None:
 
     path = PathIntegral(model, anchor)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    (torch.nn.functional.cross_entropy(model(x, "a"), y) + anchor(model)).backward()
-    path.before_step(model)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter -= 0.1 * parameter.grad
-    path.after_step(model)
+    observed_sgd_step(
+        model, path, torch.nn.functional.cross_entropy(model(x, "a"), y) + anchor(model)
+    )
     for name, parameter in model.named_parameters():
         step = parameter.detach() - start[name]
         torch.testing.assert_close(path.omega[name], -task_grads[name] * step)

@@ -32,7 +32,7 @@ from mas.model import MultiHeadNet
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
-from mas.store.runtime import run_worker
+from mas.store.runtime import every, run_worker
 from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
 from mas.store.settings import Settings
 
@@ -194,22 +194,15 @@ class ImportanceWorker:
         if not entry_ids or interval <= 0:
             yield
             return
-        done = threading.Event()
 
         def keep() -> None:
-            while not done.wait(interval):
-                try:
-                    self._stream.keep(self.consumer, entry_ids)
-                except redis.RedisError as exc:
-                    log.warning("could not keep %d entries fresh: %s", len(entry_ids), exc)
+            try:
+                self._stream.keep(self.consumer, entry_ids)
+            except redis.RedisError as exc:
+                log.warning("could not keep %d entries fresh: %s", len(entry_ids), exc)
 
-        thread = threading.Thread(target=keep, name=f"keep-{self.consumer}", daemon=True)
-        thread.start()
-        try:
+        with every(interval, keep, name=f"keep-{self.consumer}"):
             yield
-        finally:
-            done.set()
-            thread.join()
 
     def _apply(self, entries: list[StreamEntry]) -> int:
         groups: dict[tuple[int, str, tuple[int, ...]], list[tuple[StreamEntry, SampleEntry]]] = {}

@@ -33,7 +33,7 @@ from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
-from mas.store.runtime import run_worker
+from mas.store.runtime import every, run_worker
 from mas.store.settings import Settings
 from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
 
@@ -169,20 +169,8 @@ class Trainer:
     @contextmanager
     def _heartbeat(self, lease: JobLease) -> Iterator[None]:
         """Keeps the job's lease fresh through every stage (Ω, training, evaluation, publish)."""
-        done = threading.Event()
-        interval = self.settings.job_lease_ms / 3000
-
-        def beat() -> None:
-            while not done.wait(interval):
-                lease.beat()
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{lease.job_id}", daemon=True)
-        thread.start()
-        try:
+        with every(self.settings.job_lease_ms / 3000, lease.beat, name=f"heartbeat-{lease.job_id}"):
             yield
-        finally:
-            done.set()
-            thread.join()
 
     def _finish(self, job: JobRecord, status: str, **outcome: Any) -> None:
         if self.jobs.finish(job["id"], self.consumer, status, **outcome):

@@ -6,7 +6,8 @@ import ipaddress
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import redis
@@ -16,6 +17,25 @@ from prometheus_client import start_http_server
 from mas.store.keys import Keys
 from mas.store.redis_server import EmbeddedRedis, redis_client
 from mas.store.settings import Settings
+
+
+@contextmanager
+def every(interval_s: float, action: Callable[[], None], name: str) -> Iterator[None]:
+    """Runs `action` every interval_s seconds in a background thread while the block runs: what
+    keeps a lease or a claim fresh through work of unknown length."""
+    done = threading.Event()
+
+    def repeat() -> None:
+        while not done.wait(interval_s):
+            action()
+
+    thread = threading.Thread(target=repeat, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def resolve_device(setting: str) -> torch.device:
