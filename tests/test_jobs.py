@@ -91,6 +91,7 @@ def test_lifecycle_claim_progress_finish(
     assert done["result"] == {"version": 4, "accuracy": {"digits": 0.9}}
     assert done["finished_at"] >= done["started_at"]
     assert pending_count(redis_conn, keys) == 0
+    assert redis_conn.xlen(keys.jobs) == 0, "a finished job's delivery leaves the stream"
     assert queue.claim("trainer-1", block_ms=0, stale_ms=0) is None
     assert queue.heartbeat(job_id, "trainer-1") is False
 
@@ -136,6 +137,7 @@ def test_cancel_queued_job_is_immediate_and_never_delivered(
     assert claimed is not None and claimed["id"] == kept
     assert record_of(queue, canceled)["status"] == "canceled"
     assert pending_count(redis_conn, keys) == 1  # the skipped entry was acknowledged
+    assert redis_conn.xlen(keys.jobs) == 1  # and deleted: only the running job's remains
 
 
 def test_cancel_running_job_sets_flag_and_trainer_finishes_it(queue: JobQueue) -> None:

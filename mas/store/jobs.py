@@ -109,7 +109,10 @@ _FINISH_SCRIPT = (
     + """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry then redis.call('XACK', KEYS[2], ARGV[2], entry) end
+if entry then
+  redis.call('XACK', KEYS[2], ARGV[2], entry)
+  redis.call('XDEL', KEYS[2], entry)
+end
 return 1
 """
 )
@@ -293,7 +296,8 @@ class JobQueue:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> bool:
-        """Final state and acknowledgement together, so a finished job is never redelivered.
+        """Final state, acknowledgement and deletion of the delivery together: a finished job is
+        never redelivered, and the stream holds only jobs still to finish.
 
         False (and nothing written) once the job is no longer running under `consumer`.
         """
@@ -361,5 +365,8 @@ class JobQueue:
                 if previous_status == RUNNING:
                     record["interrupted_worker"] = previous_worker
                 return record
-        self._redis.xack(self._keys.jobs, self._keys.jobs_group, entry_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(self._keys.jobs, self._keys.jobs_group, entry_id)
+        pipe.xdel(self._keys.jobs, entry_id)
+        pipe.execute()
         return None
