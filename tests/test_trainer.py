@@ -249,7 +249,8 @@ def test_trainer_killed_mid_job_leaves_the_served_version_and_fails_the_job(
     }
     process = subprocess.Popen([sys.executable, "-m", "mas_stream", "worker", "trainer"], env=env)
     try:
-        wait_until(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0)
+        # A new process imports torch first: on a busy 2-core machine that alone can take 10 s.
+        wait_until(lambda: (stores["jobs"].get(job)["progress"] or 0) > 0, timeout=60)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
