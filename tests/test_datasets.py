@@ -309,3 +309,16 @@ def test_npz_members_that_cannot_be_read_are_the_files_fault(content: bytes, pro
 def test_labels_implying_too_many_classes_are_refused() -> None:
     content = npz_bytes(x=np.zeros((2, 2)), y=np.array([0, 2_000_000_000]))
     assert_rejected("d.npz", content, "y", "declare num_classes")
+
+
+def test_a_name_is_claimed_once_and_a_failed_release_is_left_to_expire(
+    tmp_path: Path, own_redis: EmbeddedRedis, keys: Keys
+) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    store = DatasetStore(client, keys, tmp_path)
+    with store.claimed("t") as first, store.claimed("t") as second:
+        assert (first, second) == (True, False)
+    with store.claimed("t") as again:
+        assert again, "released on exit"
+        own_redis.stop()  # the release fails: the caller's outcome stands
+    client.close()

@@ -94,6 +94,18 @@ def test_keep_hides_entries_in_hand_from_claim_stale_without_counting_a_delivery
     assert stream.keep("busy", []) == 0
 
 
+def test_keep_leaves_entries_trimmed_from_the_stream_pending(
+    stream: SampleStream, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Redis 7's XCLAIM would drop a trimmed id from the pending list, and the commit that must
+    acknowledge it would then be refused; keep does not touch such ids."""
+    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    first, second, third = (e.entry_id for e in stream.read("busy", count=10, block_ms=None))
+    redis_conn.xdel(keys.samples, first)
+    assert stream.keep("busy", [first, second, third]) == 2
+    assert stream.delivery_counts([first, second, third]) == {first: 1, second: 1, third: 1}
+
+
 def test_a_trimmed_pending_entry_surfaces_with_no_fields(
     redis_conn: redis.Redis, keys: Keys, stream: SampleStream
 ) -> None:

@@ -31,7 +31,7 @@ from mas.store.samples import SampleStream
 from mas.store.settings import Settings
 from tests.api_support import wait_until
 from worker.importance import ImportanceWorker
-from worker.trainer import JobLease, LeaseLost, Trainer
+from worker.trainer import JobLease, LeaseLost, Trainer, _published_result
 
 
 @pytest.fixture
@@ -304,6 +304,43 @@ def test_a_lease_is_lost_when_no_heartbeat_gets_through_for_a_whole_lease(
     assert not lease.beat() and lease.lost
     with pytest.raises(LeaseLost, match="no heartbeat reached Redis"):
         lease.require("publishing")
+
+
+def test_a_brief_redis_outage_before_publishing_does_not_lose_the_lease(
+    own_redis: EmbeddedRedis, keys: Keys
+) -> None:
+    client = redis_client(own_redis.url, timeout=1.0)
+    jobs = JobQueue(client, keys)
+    job_id = jobs.submit("a", {})
+    assert jobs.claim("t", block_ms=100, stale_ms=60_000) is not None
+    lease = JobLease(jobs, job_id, "t", lease_ms=30_000)
+    own_redis.stop()
+    restart = threading.Timer(0.5, own_redis.start)
+    restart.start()
+    try:
+        lease.require("publishing")
+    finally:
+        restart.join()
+    assert not lease.lost
+
+
+def test_an_unserved_version_is_a_recovered_result_only_while_its_parent_is_served() -> None:
+    """Activating a version whose parent was replaced meanwhile would drop the newer task."""
+    manifests = [
+        {"version": 1, "parent": None, "current": False, "info": {}},
+        {
+            "version": 2,
+            "parent": 1,
+            "current": False,
+            "info": {"job_id": "j", "retention_gate": "ok", "retention_gate_passed": True},
+        },
+        {"version": 3, "parent": 1, "current": True, "info": {"job_id": "other"}},
+    ]
+    assert _published_result("j", manifests, current=3) is None
+    result = _published_result("j", manifests[:2], current=1)
+    assert result is not None
+    assert (result["version"], result["activated"]) == (2, False)
+    assert "activate v2" in result["reason"]
 
 
 def test_a_job_whose_version_was_activated_before_its_trainer_died_succeeded(

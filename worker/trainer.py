@@ -40,6 +40,8 @@ from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train
 log = logging.getLogger(__name__)
 
 _REPORT_INTERVAL_S: Final = 0.5
+# Pause between heartbeats retried before an irreversible step (at most a tenth of the lease).
+_RETRY_S: Final = 0.2
 
 JOBS = Counter("mas_trainer_jobs", "Training jobs finished, by final status.", ["status"])
 TRAINING_SECONDS = Histogram(
@@ -102,10 +104,12 @@ class JobLease:
             self.lost_reason = reason
 
     def require(self, step: str) -> None:
-        """Renews the lease right before an irreversible step; LeaseLost if it cannot."""
-        if not self.beat():
-            self.lose(f"the lease could not be renewed before {step}")
-            raise LeaseLost(self.lost_reason)
+        """Renews the lease right before an irreversible step, retrying a failed heartbeat until
+        Redis answers or the lease runs out; LeaseLost (naming the step) if it is lost."""
+        while not self.beat():
+            if self.lost:
+                raise LeaseLost(f"{self.lost_reason}; stopped before {step}")
+            time.sleep(min(_RETRY_S, self._lease_s / 10))
 
 
 class Trainer:
@@ -142,7 +146,9 @@ class Trainer:
         try:
             with self._heartbeat(lease):
                 result = self.learn(job, lease)
-        except (TrainingStopped, LeaseLost):
+        except LeaseLost as error:
+            self._finish(job, FAILED, error=f"stopped: {error}")
+        except TrainingStopped:
             if lease.lost:
                 self._finish(job, FAILED, error=f"stopped: {lease.lost_reason}; nothing published")
             else:
@@ -181,7 +187,9 @@ class Trainer:
     def _finish_interrupted(self, job: JobRecord) -> None:
         """A job whose trainer stopped: the version it published, if any, is its outcome."""
         stopped = f"trainer {job['interrupted_worker']} stopped while running this job"
-        result = _published_result(job["id"], self.registry.list_versions())
+        result = _published_result(
+            job["id"], self.registry.list_versions(), self.registry.current_version()
+        )
         if result is not None:
             self._finish(job, SUCCEEDED, result={**result, "recovered": stopped})
             return
@@ -256,7 +264,7 @@ class Trainer:
         activated, reason = self._retention_gate(accuracy_before, accuracy_after)
         if self.registry.current_version() != parent:
             return None
-        lease.require("publishing")
+        lease.require("publishing: nothing was published")
         version = self.registry.publish(
             model,
             parent=parent,
@@ -274,7 +282,7 @@ class Trainer:
         # The check above keeps superseded versions from being published; this compare-and-set
         # closes the remaining window (a version published in it stays, unserved, in the list).
         if activated:
-            lease.require("activating")
+            lease.require(f"activating v{version}: it is published but not served")
             if not self.registry.activate_replacing(version, parent):
                 return None
         return {
@@ -395,15 +403,21 @@ def _traffic_rejection(traffic: ImportanceAccumulator | None, settings: Settings
     return None
 
 
-def _published_result(job_id: str, manifests: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _published_result(
+    job_id: str, manifests: list[dict[str, Any]], current: int | None
+) -> dict[str, Any] | None:
     """The result of the version an interrupted attempt of the job published, if any. Activated:
-    served now, or the parent of another version (trainers build only on the served version)."""
+    served now, or the parent of another version (trainers build only on the served version).
+    One never activated counts only while its parent is still served: otherwise activating it
+    would drop the task of the version served since, so the job has no result."""
     mine = [m for m in manifests if m.get("info", {}).get("job_id") == job_id]
     if not mine:
         return None
     manifest, info = mine[-1], mine[-1]["info"]
     version = manifest["version"]
     activated = manifest["current"] or any(m["parent"] == version for m in manifests)
+    if not activated and manifest["parent"] != current:
+        return None
     reason = info.get("retention_gate")
     if not activated and info.get("retention_gate_passed", True):
         reason = f"{reason}; published but not activated: activate v{version} to serve it"

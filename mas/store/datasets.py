@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import time
 import uuid
@@ -23,6 +24,8 @@ from mas.data import DataValidationError, validate_task_arrays, validate_task_na
 from mas.store.codec import as_text
 from mas.store.files import atomic_write_bytes
 from mas.store.keys import Keys
+
+log = logging.getLogger(__name__)
 
 LABEL_COLUMN = "label"
 SPLITS = ("train", "holdout")
@@ -276,7 +279,14 @@ class DatasetStore:
             yield held
         finally:
             if held:
-                self._redis.eval(_RELEASE_SCRIPT, 1, key, token)
+                self._release(key, token)
+
+    def _release(self, key: str, token: str) -> None:
+        """A failed release must not turn a stored task into an error: the claim expires."""
+        try:
+            self._redis.eval(_RELEASE_SCRIPT, 1, key, token)
+        except redis.RedisError as error:
+            log.warning("could not release %s (it expires in %d s): %s", key, CLAIM_SECONDS, error)
 
     def exists(self, name: str) -> bool:
         return bool(self._redis.hexists(self._keys.tasks, name))

@@ -25,11 +25,14 @@ _FLOAT32_LE: Final = np.dtype("<f4")
 _NEW: Final = ">"
 
 # Resets the idle time of the ids (ARGV[3:]) still pending for consumer ARGV[2], without counting
-# a delivery (JUSTID); ids another consumer took over stay with it. Returns how many were kept.
+# a delivery (JUSTID); ids another consumer took over stay with it, and so do ids trimmed from the
+# stream (Redis 7's XCLAIM would drop those from the pending list, and the commit that must
+# acknowledge them would be refused). Returns how many were kept.
 _KEEP_SCRIPT: Final = """
 local kept = 0
 for i = 3, #ARGV do
-  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0
+     and #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
     kept = kept + 1
   end
