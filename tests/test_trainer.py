@@ -289,14 +289,18 @@ def test_a_trainer_that_lost_its_lease_stops_and_publishes_nothing(
     assert [m["version"] for m in stores["registry"].list_versions()] == [1]
 
 
+def running_job_lease(server: EmbeddedRedis, keys: Keys, lease_ms: int) -> JobLease:
+    """Trainer "t"'s lease on a job it has just claimed, through a client that times out fast."""
+    jobs = JobQueue(redis_client(server.url, timeout=1.0), keys)
+    job_id = jobs.submit("a", {})
+    assert jobs.claim("t", block_ms=100, stale_ms=60_000) is not None
+    return JobLease(jobs, job_id, "t", lease_ms=lease_ms)
+
+
 def test_a_lease_is_lost_when_no_heartbeat_gets_through_for_a_whole_lease(
     own_redis: EmbeddedRedis, keys: Keys
 ) -> None:
-    client = redis_client(own_redis.url, timeout=1.0)
-    jobs = JobQueue(client, keys)
-    job_id = jobs.submit("a", {})
-    assert jobs.claim("t", block_ms=100, stale_ms=60_000) is not None
-    lease = JobLease(jobs, job_id, "t", lease_ms=300)
+    lease = running_job_lease(own_redis, keys, lease_ms=300)
     assert lease.beat() and not lease.lost
     own_redis.stop()
     assert not lease.beat() and not lease.lost  # one missed heartbeat: the lease still holds
@@ -309,11 +313,7 @@ def test_a_lease_is_lost_when_no_heartbeat_gets_through_for_a_whole_lease(
 def test_a_brief_redis_outage_before_publishing_does_not_lose_the_lease(
     own_redis: EmbeddedRedis, keys: Keys
 ) -> None:
-    client = redis_client(own_redis.url, timeout=1.0)
-    jobs = JobQueue(client, keys)
-    job_id = jobs.submit("a", {})
-    assert jobs.claim("t", block_ms=100, stale_ms=60_000) is not None
-    lease = JobLease(jobs, job_id, "t", lease_ms=30_000)
+    lease = running_job_lease(own_redis, keys, lease_ms=30_000)
     own_redis.stop()
     restart = threading.Timer(0.5, own_redis.start)
     restart.start()
