@@ -267,7 +267,8 @@ def per_sample_gradient_sums(
                     deltas,
                     reduce,
                 )
-            general = [name for name in parameters if _owner(name) not in per_row | unused]
+            handled = per_row | unused
+            general = [name for name in parameters if _owner(name) not in handled]
             if general:
                 for name, value in _vmap_sums(model, general, x, y, task, loss, reduce).items():
                     sums[name] += value

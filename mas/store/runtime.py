@@ -1,4 +1,5 @@
-"""What every process does first: pick the compute device and reach Redis."""
+"""What every process does first (pick the compute device, reach Redis) and what long work needs
+while it runs (a lease or claim kept fresh in the background)."""
 
 from __future__ import annotations
 
