@@ -1,15 +1,15 @@
 """413 for request bodies above the configured size, whatever route they are sent to.
 
-A declared Content-Length is refused before a byte is read; a body without one (chunked) is
-counted as it streams and refused once it crosses the limit, before the handler sees it all.
+A declared Content-Length is refused at the first read, before a byte is received; a body
+without one (chunked) is counted as it streams and refused once it crosses the limit, before the
+handler sees it all. Refusing at the read, not on arrival, lets the router choose the route
+first, so the refusal is counted under its route.
 """
 
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from service.errors import error_response
 
 
 class BodyTooLarge(HTTPException):
@@ -28,14 +28,12 @@ class BodySizeLimit:
             return
         limit = self.max_body_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            response = error_response(scope["path"], 413, "body", BodyTooLarge(limit).detail)
-            await response(scope, receive, send)
-            return
         received = 0
 
         async def counting_receive() -> Message:
             nonlocal received
+            if declared is not None and declared > limit:
+                raise BodyTooLarge(limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

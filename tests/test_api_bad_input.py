@@ -28,7 +28,7 @@ from mas.store.registry import LoadedVersion
 from mas.store.settings import Settings
 from service.batcher import MicroBatcher
 from service.errors import ApiError
-from tests.api_support import SPEC, api_settings, publish, rows, snapshot
+from tests.api_support import SPEC, api_settings, metric, publish, rows, snapshot
 from tests.serving import run_api
 
 MAX_BODY = 64 * 1024
@@ -188,6 +188,16 @@ def test_labels_out_of_range(api: Api) -> None:
 
 
 def test_body_too_large(api: Api) -> None:
+    routes = {"/v1/tasks": 1, "/v1/predict": 2, "/v2/models/{name}/infer": 1, "unmatched": 0}
+
+    def refusals_counted() -> dict[str, float]:
+        scrape = httpx.get(f"{api.base}/metrics").text
+        return {
+            route: metric(scrape, "mas_http_requests_total", route=route, status_class="4xx")
+            for route in routes
+        }
+
+    before = refusals_counted()
     big = npz(x=np.zeros((MAX_BODY // 32, 8), np.float32), y=np.zeros(MAX_BODY // 32, np.int64))
     with no_state_change(api):
         refused(upload(api, big), 413, "body")
@@ -206,6 +216,8 @@ def test_body_too_large(api: Api) -> None:
         tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
         oip = infer(api, [tensor] * (MAX_BODY // 64))
         assert oip.status_code == 413 and "body" in oip.json()["error"]
+    after = refusals_counted()
+    assert {route: after[route] - before[route] for route in routes} == routes
 
 
 def test_unknown_version(api: Api) -> None:
