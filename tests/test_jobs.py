@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from mas.store.codec import as_text
 from mas.store.jobs import JobQueue, UnknownJob
 from mas.store.keys import Keys
 from mas.training import Progress
@@ -223,6 +224,28 @@ def test_a_stale_job_behind_many_live_ones_is_reclaimed(queue: JobQueue) -> None
     reclaimed = queue.claim("new-trainer", block_ms=0, stale_ms=STALE_MS)
     assert reclaimed is not None
     assert (reclaimed["id"], reclaimed["interrupted_worker"]) == (job_ids[-1], "trainer-12")
+
+
+def test_trainers_gone_are_forgotten_once_they_hold_no_job(
+    queue: JobQueue, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Each trainer process claims under a new consumer name; the group forgets the ones that
+    hold no job and have been idle for the lease, so it does not grow with every restart."""
+    finished_id, job_id = queue.submit("a", {}), queue.submit("b", {})
+    assert claimed_id(queue, "finished") == finished_id
+    assert queue.finish(finished_id, "finished", "succeeded") is True
+    assert claimed_id(queue, "crashed") == job_id
+
+    def trainers() -> set[str]:
+        return {as_text(c["name"]) for c in redis_conn.xinfo_consumers(keys.jobs, keys.jobs_group)}
+
+    assert trainers() == {"finished", "crashed"}
+    time.sleep(STALE_MS * 1.5 / 1000)
+    reclaimed = queue.claim("alive", block_ms=0, stale_ms=STALE_MS)
+    assert reclaimed is not None and reclaimed["interrupted_worker"] == "crashed"
+    assert trainers() == {"alive"}
+    assert queue.heartbeat(job_id, "crashed") is False
+    assert trainers() == {"alive"}
 
 
 def test_heartbeat_keeps_a_running_job_from_being_reclaimed(queue: JobQueue) -> None:

@@ -9,6 +9,7 @@ import pytest
 import redis
 import torch
 
+from mas.store.codec import as_text
 from mas.store.keys import Keys
 from mas.store.samples import CorruptSample, SampleStream, StreamEntry, decode
 
@@ -74,6 +75,35 @@ def test_claim_stale_takes_over_a_dead_consumers_entries(stream: SampleStream) -
     assert [e.entry_id for e in claimed] == read
     assert [e.deliveries for e in claimed] == [2, 2, 2]
     assert stream.delivery_counts([*read, "0-1"]) == dict.fromkeys(read, 2)
+
+
+def consumers(redis_conn: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Consumer name -> entries pending for it."""
+    return {
+        as_text(c["name"]): int(c["pending"])
+        for c in redis_conn.xinfo_consumers(keys.samples, keys.importance_group)
+    }
+
+
+def test_claim_stale_forgets_consumers_left_with_nothing(
+    stream: SampleStream, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Each worker process reads under a new consumer name: without pruning, the group would keep
+    one consumer per process start forever. A consumer is forgotten only once it holds nothing."""
+    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    (done,) = stream.read("finished", count=1, block_ms=None)
+    stream.dead_letter(done.entry_id, done.fields, "corrupt: test")
+    stream.read("crashed", count=10, block_ms=None)
+    assert consumers(redis_conn, keys) == {"finished": 0, "crashed": 2}
+
+    assert stream.claim_stale("alive", min_idle_ms=60_000, count=10) == []
+    assert consumers(redis_conn, keys) == {"finished": 0, "crashed": 2}  # not idle long enough
+    time.sleep(0.3)
+    assert len(stream.claim_stale("alive", min_idle_ms=250, count=10)) == 2
+    assert consumers(redis_conn, keys) == {"crashed": 0, "alive": 2}
+    time.sleep(0.3)
+    stream.claim_stale("alive", min_idle_ms=250, count=10)
+    assert consumers(redis_conn, keys) == {"alive": 2}
 
 
 def test_keep_hides_entries_in_hand_from_claim_stale_without_counting_a_delivery(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 
 from mas.store.codec import as_text
+from mas.store.consumers import ConsumerPruner
 from mas.store.keys import Keys
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ class JobQueue:
         self._heartbeat_script = redis_client.register_script(_HEARTBEAT_SCRIPT)
         self._progress_script = redis_client.register_script(_PROGRESS_SCRIPT)
         self._finish_script = redis_client.register_script(_FINISH_SCRIPT)
+        self._prune_consumers = ConsumerPruner(redis_client, keys.jobs, keys.jobs_group)
 
     def submit(self, task: str, params: dict[str, Any]) -> str:
         """Record, index and enqueue in one transaction: a job is either fully queued or absent."""
@@ -329,7 +331,8 @@ class JobQueue:
 
     def _reclaim_stale(self, consumer: str, stale_ms: int) -> tuple[str, str | None] | None:
         """Scans the whole pending list: one XAUTOCLAIM step looks at only ten entries, and the
-        running jobs that other trainers keep fresh may be more than that."""
+        running jobs that other trainers keep fresh may be more than that. Then forgets the
+        consumers (trainers gone) left with nothing that have been idle as long."""
         cursor = _SCAN_START
         while True:
             cursor, entries, *_ = self._redis.xautoclaim(
@@ -341,6 +344,7 @@ class JobQueue:
                 count=1,
             )
             if entries or as_text(cursor) == _SCAN_START:
+                self._prune_consumers(consumer, stale_ms)
                 return _first_delivery(entries)
 
     def _read_new(self, consumer: str, block_ms: int) -> tuple[str, str | None] | None:

@@ -17,6 +17,7 @@ import redis
 import torch
 
 from mas.store.codec import as_text
+from mas.store.consumers import ConsumerPruner
 from mas.store.keys import Keys
 
 _FIELDS: Final = (b"v", b"t", b"s", b"x")
@@ -108,6 +109,7 @@ class SampleStream:
         self._backlog: dict[str, str] = {}
         self._claim_cursor: dict[str, str] = {}
         self._keep_script = redis_client.register_script(_KEEP_SCRIPT)
+        self._prune_consumers = ConsumerPruner(redis_client, keys.samples, keys.importance_group)
 
     def append_many(self, items: list[tuple[int, str, np.ndarray]]) -> int:
         """One round trip for all items; returns the number of rows appended."""
@@ -148,10 +150,12 @@ class SampleStream:
         self._backlog[consumer] = "0"
 
     def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[StreamEntry]:
-        """Takes over entries pending longer than min_idle_ms under any consumer (a dead worker).
+        """Takes over entries pending longer than min_idle_ms under any consumer (a dead worker),
+        and forgets the consumers left with nothing that have been idle as long.
 
         One XAUTOCLAIM step per call; the cursor wraps around the pending list.
         """
+        self._prune_consumers(consumer, min_idle_ms)
         reply = self._redis.xautoclaim(
             self._keys.samples,
             self._keys.importance_group,
