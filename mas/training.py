@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +86,14 @@ def _epoch_batches(
     return [batches[i] for i in order]
 
 
+def _shuffle_generator(seed: int, tasks: Sequence[TaskData]) -> torch.Generator:
+    """Seeded by the task names as well as the seed: with the seed alone, each task of a sequence
+    would be shuffled in the same order (on a permuted suite, the same images in the same order)."""
+    names = "\0".join(name for name, _, _ in tasks)
+    digest = hashlib.blake2b(f"{seed}\0{names}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
 def _unique(parameters: list[nn.Parameter]) -> list[nn.Parameter]:
     return list({id(p): p for p in parameters}.values())
 
@@ -104,7 +113,7 @@ def train_tasks(
     device = next(model.parameters()).device
     parameters = _unique([p for name, _, _ in tasks for p in model.trainable_parameters(name)])
     optimizer = _make_optimizer(parameters, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = _shuffle_generator(config.seed, tasks)
     steps_per_epoch = sum(-(-x.shape[0] // config.batch_size) for _, x, _ in tasks)
     total_steps = steps_per_epoch * config.epochs
     step, loss_value = 0, float("nan")

@@ -108,6 +108,22 @@ def test_training_is_deterministic_and_reports_progress() -> None:
     assert {p.epoch for p in progress} == {0, 1, 2}
 
 
+def test_each_task_of_a_sequence_is_shuffled_in_its_own_order() -> None:
+    """One shared head, the same data and seed: only the task's name differs, so only the order
+    of the batches can make the trained parameters differ."""
+    spec = {**SPEC, "head_mode": "shared", "shared_classes": 2}
+    x, y = torch.randn(100, 10), torch.randint(0, 2, (100,))
+
+    def trained(name: str) -> dict[str, torch.Tensor]:
+        model = mas.build_model(spec, {name: 2}, seed=3)
+        mas.train_task(model, name, x, y, mas.TrainConfig(epochs=1, seed=5))
+        return model.state_dict()
+
+    first, again, other = trained("a"), trained("a"), trained("b")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["trunk.1.weight"], other["trunk.1.weight"])
+
+
 def test_should_stop_aborts_training() -> None:
     model = mas.build_model(SPEC, {"a": 2})
     calls = []
