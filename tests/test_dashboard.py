@@ -280,10 +280,10 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port() -> None:
         if (port := _metrics_port(service))
     }
     scraped = {
-        target
+        f"{name}:{config['port']}"
         for job in prometheus["scrape_configs"]
-        for config in job["static_configs"]
-        for target in config["targets"]
+        for config in job["dns_sd_configs"]
+        for name in config["names"]
     }
     assert scraped == serving
 
