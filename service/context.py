@@ -99,7 +99,7 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         forwarder=forwarder,
         batcher=batcher,
         inference=Inference(served, batcher, forwarder),
-        intake=TaskIntake(settings, served, datasets, jobs),
+        intake=TaskIntake(settings, served, datasets, jobs, registry),
         importance=ImportanceView(registry, omega, served),
     )
 

@@ -1,8 +1,9 @@
 """New tasks over HTTP: everything is checked before anything is written.
 
-Order: name, then "is it new", then the data (parsed without unpickling, validated against the
-served model's input shape), then the held-out split. Only then is the dataset stored and the
-job queued, so a refused upload leaves no dataset and no job behind.
+Order: name, then "is it new" (or did its training job fail or get canceled), then the data
+(parsed without unpickling, validated against the served model's input shape), then the held-out
+split. Only then is the dataset stored and the job queued, so a refused upload leaves no dataset
+and no job behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mas.data import MAX_CLASSES, DataValidationError, validate_task_arrays, validate_task_name
 from mas.store.datasets import DatasetStore, parse_dataset_file, split_holdout
-from mas.store.jobs import JobQueue, new_job_id
+from mas.store.jobs import CANCELED, FAILED, JobQueue, new_job_id
+from mas.store.registry import ModelRegistry
 from mas.store.settings import Settings
 from service.errors import ApiError
 from service.state import ServedModel
@@ -70,11 +72,13 @@ class TaskIntake:
         served: ServedModel,
         datasets: DatasetStore,
         jobs: JobQueue,
+        registry: ModelRegistry,
     ) -> None:
         self._settings = settings
         self._served = served
         self._datasets = datasets
         self._jobs = jobs
+        self._registry = registry
 
     def submit_file(
         self, name: object, filename: str, content: bytes, options: TrainingOptions
@@ -121,10 +125,14 @@ class TaskIntake:
                     fields["y"],
                     "too few rows to hold any out for evaluation: give some class two rows or more",
                 )
-            meta: dict[str, Any] = {"source": source, "holdout_fraction": fraction}
+            job_id = new_job_id()
+            meta: dict[str, Any] = {
+                "source": source,
+                "holdout_fraction": fraction,
+                "job_id": job_id,
+            }
             if options.num_classes is not None:
                 meta["num_classes"] = options.num_classes
-            job_id = new_job_id()
             self._datasets.save(
                 task,
                 x_train,
@@ -137,9 +145,25 @@ class TaskIntake:
             return job_id
 
     def _refuse_existing(self, task: str) -> None:
-        loaded = self._served.current
-        if self._datasets.exists(task) or (loaded is not None and task in loaded.model.tasks):
-            raise ApiError(409, "name", f"task {task!r} already exists; choose another name")
+        """A name is free again once its training job failed or was canceled, unless a version
+        learned it anyway (published, then the job failed before activating it): the new upload
+        then replaces the stored dataset instead of the name being burnt."""
+        learned = [m["version"] for m in self._registry.list_versions() if task in m["tasks"]]
+        if learned:
+            raise ApiError(
+                409, "name", f"model version {learned[-1]} has learned task {task!r} already"
+            )
+        if not self._datasets.exists(task):
+            return
+        job_id = self._datasets.meta(task).get("job_id")
+        job = self._jobs.get(job_id) if job_id else None
+        if job is None or job["status"] not in (FAILED, CANCELED):
+            status = job["status"] if job else "unknown"
+            raise ApiError(
+                409,
+                "name",
+                f"task {task!r} already exists (its job is {status}); choose another name",
+            )
 
     def _input_shape(self) -> list[int] | None:
         """The served model's, else the first stored dataset's (its model may still be training)."""

@@ -15,6 +15,7 @@ import redis
 import torch
 
 import mas
+from mas.store.jobs import JobQueue
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import ModelRegistry
@@ -138,6 +139,41 @@ def test_cancel_a_queued_job(api: Api) -> None:
     unknown = httpx.delete(f"{api.base}/v1/jobs/nope", headers=AUTH)
     assert (unknown.status_code, unknown.json()["error"]["field"]) == (404, "job_id")
     assert httpx.get(f"{api.base}/v1/jobs/nope").status_code == 404
+
+
+def test_a_name_whose_job_failed_or_was_canceled_can_be_submitted_again(
+    api: Api, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """Such a job published nothing, so the name is free: the new upload replaces the dataset."""
+    x, y = dataset(n=40, classes=4)
+    first = upload(api, "retry", npz(x, y)).json()["job_id"]
+    assert upload(api, "retry", npz(x, y)).status_code == 409  # queued: still taken
+    httpx.delete(f"{api.base}/v1/jobs/{first}", headers=AUTH)
+
+    second = upload(api, "retry", npz(x[:20], y[:20]))
+    assert second.status_code == 202, second.text
+    task = httpx.get(f"{api.base}/v1/tasks/retry").json()
+    assert (task["job_id"], task["n_train"] + task["n_holdout"]) == (second.json()["job_id"], 20)
+
+    queue = JobQueue(redis_conn, keys)
+    claimed = queue.claim("trainer", block_ms=1000, stale_ms=60_000)
+    assert claimed is not None and claimed["id"] == second.json()["job_id"]
+    running = upload(api, "retry", npz(x, y))
+    assert (running.status_code, running.json()["error"]["field"]) == (409, "name")
+    assert "running" in running.json()["error"]["message"]
+    queue.finish(claimed["id"], "trainer", "failed", error="TrainingDiverged")
+    assert upload(api, "retry", npz(x, y)).status_code == 202
+    names = [t["name"] for t in httpx.get(f"{api.base}/v1/tasks").json()["tasks"]]
+    assert names == ["retry"]
+
+    # A version that learned the task, published but never served (its job failed activating).
+    unserved = publish(api.settings, {"t0": 3, "retry": 4}, parent=api.version, activate=False)
+    third = queue.claim("trainer", block_ms=1000, stale_ms=60_000)
+    assert third is not None
+    queue.finish(third["id"], "trainer", "failed", error="lease lost activating it")
+    learned = upload(api, "retry", npz(x, y))
+    assert learned.status_code == 409
+    assert f"version {unserved} has learned" in learned.json()["error"]["message"]
 
 
 def test_models_lineage_and_rollback(api: Api) -> None:
