@@ -22,6 +22,7 @@ RUN pip install . && useradd --create-home --uid 1000 mas && mkdir -p /data && c
 USER mas
 VOLUME ["/data"]
 EXPOSE 8000 9101 9102
+# The API's probe: docker-compose.yml gives the worker containers (no HTTP API) their own.
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
 CMD ["mas-stream", "api"]

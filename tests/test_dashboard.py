@@ -1,9 +1,10 @@
 """The Grafana dashboard and the Prometheus config only name series the processes really export.
 
 What is exported is read from the processes' own prometheus_client objects: the API's registry
-and its scrape-time collector (built on real Redis, not served), the workers' module-level
-metrics. A renamed metric or label, or a panel with a typo, fails here naming the panel, instead
-of showing an empty graph in production.
+and its scrape-time collector (built on real Redis, not served), and the registry each worker
+serves. A renamed metric or label, or a panel with a typo, fails here naming the panel, instead
+of showing an empty graph in production. The containers' health probes are checked against the
+same ports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
@@ -96,6 +98,14 @@ def _declared(source: MetricWrapperBase | Metric) -> Declared:
 
 def _wrappers(namespace: dict[str, Any]) -> list[MetricWrapperBase]:
     return [value for value in namespace.values() if isinstance(value, MetricWrapperBase)]
+
+
+def _worker_sources(module: ModuleType) -> list[MetricWrapperBase | Metric]:
+    """The families the worker's registry serves, each taken from the module-level metric that
+    declares it where there is one (it knows the label names); a metric the module declares
+    outside that registry is not served, so it is left out."""
+    declaring = {wrapper.collect()[0].name: wrapper for wrapper in _wrappers(vars(module))}
+    return [declaring.get(family.name, family) for family in module.METRICS.collect()]
 
 
 def _series(family: Metric, labelnames: tuple[str, ...]) -> dict[str, Series]:
@@ -199,8 +209,8 @@ def declared(tmp_path: Path, redis_url: str, keys: Keys) -> list[Declared]:
         sources = [
             *_wrappers(vars(metrics)),
             *collector.collect(),
-            *_wrappers(vars(importance_worker)),
-            *_wrappers(vars(trainer_worker)),
+            *_worker_sources(importance_worker),
+            *_worker_sources(trainer_worker),
         ]
         return [_declared(source) for source in sources]
     finally:
@@ -286,6 +296,25 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port() -> None:
         for name in config["names"]
     }
     assert scraped == serving
+
+
+def _image_probe() -> str:
+    """The HEALTHCHECK command the Dockerfile gives every container built from the image."""
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    match = re.search(r"^HEALTHCHECK\b.*?\bCMD\b(.*)$", dockerfile, re.MULTILINE)
+    assert match is not None, "the Dockerfile has no HEALTHCHECK"
+    return match[1]
+
+
+def test_every_container_is_probed_on_the_port_its_process_serves() -> None:
+    """A worker serves no HTTP API: probed like the API, on :8000, it would be marked unhealthy."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    image_probe = _image_probe()
+    for name, service in compose["services"].items():
+        if port := _metrics_port(service):
+            test = service.get("healthcheck", {}).get("test", image_probe)
+            probe = test if isinstance(test, str) else " ".join(test)
+            assert f"//127.0.0.1:{port}/" in probe, f"{name} serves on {port}, probed by {probe}"
 
 
 def test_panels_query_the_provisioned_datasource() -> None:

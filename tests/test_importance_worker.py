@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import redis
 import torch
-from prometheus_client import REGISTRY
 from sklearn.datasets import load_digits
 
 import mas
@@ -32,7 +31,7 @@ from mas.store.registry import ModelRegistry
 from mas.store.samples import SampleStream
 from mas.store.settings import Settings
 from tests.api_support import wait_until
-from worker.importance import ImportanceWorker
+from worker.importance import METRICS, ImportanceWorker
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -167,7 +166,7 @@ def _pending_of(redis_conn: redis.Redis, keys: Keys, consumer: str) -> int:
 
 
 def _metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return METRICS.get_sample_value(name, labels) or 0.0
 
 
 def test_worker_omega_equals_importance_sums_per_version_and_task(

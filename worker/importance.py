@@ -32,7 +32,7 @@ from mas.model import MultiHeadNet
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
-from mas.store.runtime import every, run_worker
+from mas.store.runtime import every, metrics_registry, run_worker
 from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
 from mas.store.settings import Settings
 
@@ -41,37 +41,57 @@ log = logging.getLogger(__name__)
 _MODEL_CACHE_SIZE: Final = 4
 _GAUGE_INTERVAL_S: Final = 1.0
 
+METRICS: Final = metrics_registry()
 SAMPLES_APPLIED = Counter(
-    "mas_importance_samples_applied", "Forwarded rows whose importance was committed to Ω."
+    "mas_importance_samples_applied",
+    "Forwarded rows whose importance was committed to Ω.",
+    registry=METRICS,
 )
 BATCHES = Counter(
-    "mas_importance_batches", "Importance passes, one per (version, task) group of a read."
+    "mas_importance_batches",
+    "Importance passes, one per (version, task) group of a read.",
+    registry=METRICS,
 )
 DEAD_LETTERED = Counter(
     "mas_importance_dead_lettered",
     "Stream entries moved to the dead-letter stream, by reason.",
     ["reason"],
+    registry=METRICS,
 )
 COMMIT_CONFLICTS = Counter(
     "mas_importance_commit_conflicts",
     "Checkpoints refused because another consumer had reclaimed entries; the work is redone.",
+    registry=METRICS,
 )
-STREAM_LENGTH = Gauge("mas_importance_stream_length", "Entries in the sample stream.")
+STREAM_LENGTH = Gauge(
+    "mas_importance_stream_length", "Entries in the sample stream.", registry=METRICS
+)
 STREAM_PENDING = Gauge(
-    "mas_importance_stream_pending", "Entries delivered to a worker but not yet acknowledged."
+    "mas_importance_stream_pending",
+    "Entries delivered to a worker but not yet acknowledged.",
+    registry=METRICS,
 )
 STREAM_LAG = Gauge(
-    "mas_importance_stream_lag", "Entries not yet delivered to any worker (NaN: unknown)."
+    "mas_importance_stream_lag",
+    "Entries not yet delivered to any worker (NaN: unknown).",
+    registry=METRICS,
 )
 LAST_UPDATE = Gauge(
-    "mas_importance_last_update_timestamp_seconds", "Time of the last committed Ω checkpoint."
+    "mas_importance_last_update_timestamp_seconds",
+    "Time of the last committed Ω checkpoint.",
+    registry=METRICS,
 )
-LAYER_MEAN = Gauge("mas_importance_layer_mean", "Mean Ω of the current version.", ["layer"])
-LAYER_MAX = Gauge("mas_importance_layer_max", "Largest Ω of the current version.", ["layer"])
+LAYER_MEAN = Gauge(
+    "mas_importance_layer_mean", "Mean Ω of the current version.", ["layer"], registry=METRICS
+)
+LAYER_MAX = Gauge(
+    "mas_importance_layer_max", "Largest Ω of the current version.", ["layer"], registry=METRICS
+)
 LAYER_DRIFT = Gauge(
     "mas_importance_layer_drift",
     "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the current version against its task-boundary Ω.",
     ["layer"],
+    registry=METRICS,
 )
 _LAYER_GAUGES: Final = {"mean": LAYER_MEAN, "max": LAYER_MAX, "drift": LAYER_DRIFT}
 
@@ -347,4 +367,4 @@ def run(args: argparse.Namespace) -> int:
             device=device,
         )
 
-    return run_worker(build, lambda settings: settings.importance_metrics_port)
+    return run_worker(build, lambda settings: settings.importance_metrics_port, METRICS)

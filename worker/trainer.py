@@ -33,7 +33,7 @@ from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
 from mas.store.keys import Keys
 from mas.store.omega import OmegaStore
 from mas.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
-from mas.store.runtime import every, run_worker
+from mas.store.runtime import every, metrics_registry, run_worker
 from mas.store.settings import Settings
 from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
 
@@ -43,13 +43,21 @@ _REPORT_INTERVAL_S: Final = 0.5
 # Pause between heartbeats retried before an irreversible step (at most a tenth of the lease).
 _RETRY_S: Final = 0.2
 
-JOBS = Counter("mas_trainer_jobs", "Training jobs finished, by final status.", ["status"])
+METRICS: Final = metrics_registry()
+JOBS = Counter(
+    "mas_trainer_jobs", "Training jobs finished, by final status.", ["status"], registry=METRICS
+)
 TRAINING_SECONDS = Histogram(
     "mas_trainer_training_duration_seconds",
     "Wall time of a training job from claim to publish.",
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=METRICS,
 )
-JOB_PROGRESS = Gauge("mas_trainer_job_progress", "Progress (0-1) of the job being trained now.")
+JOB_PROGRESS = Gauge(
+    "mas_trainer_job_progress",
+    "Progress (0-1) of the job being trained now.",
+    registry=METRICS,
+)
 # The most times a job starts again because another job's version was activated while it trained.
 MAX_RESTARTS: Final = 3
 
@@ -448,4 +456,4 @@ def run(args: argparse.Namespace) -> int:
         consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         return Trainer(settings, client, keys, consumer=consumer, device=device)
 
-    return run_worker(build, lambda settings: settings.trainer_metrics_port)
+    return run_worker(build, lambda settings: settings.trainer_metrics_port, METRICS)

@@ -13,7 +13,13 @@ from typing import Protocol
 
 import redis
 import torch
-from prometheus_client import start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from mas.store.keys import Keys
 from mas.store.redis_server import EmbeddedRedis, redis_client
@@ -79,6 +85,17 @@ def connect(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
     return redis_client(url), server
 
 
+def metrics_registry() -> CollectorRegistry:
+    """A worker module's own registry, with the process, platform and GC collectors of the default
+    one. The CLI imports every worker module, so metrics in the shared default registry would make
+    each worker export the others' as zeros."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
 class Worker(Protocol):
     def run_forever(self, stop: threading.Event) -> None: ...
 
@@ -86,9 +103,10 @@ class Worker(Protocol):
 def run_worker(
     build: Callable[[Settings, redis.Redis, Keys, torch.device], Worker],
     metrics_port: Callable[[Settings], int],
+    metrics: CollectorRegistry,
 ) -> int:
-    """A worker process's life: settings, Redis, device, its /metrics port, then its loop until
-    SIGTERM or SIGINT, which let the current step finish before it exits."""
+    """A worker process's life: settings, Redis, device, `metrics` on its /metrics port, then its
+    loop until SIGTERM or SIGINT, which let the current step finish before it exits."""
     settings = Settings()
     client, server = connect(settings)
     stop = threading.Event()
@@ -96,8 +114,8 @@ def run_worker(
         signal.signal(signum, lambda *_: stop.set())
     try:
         worker = build(settings, client, Keys(settings.key_prefix), resolve_device(settings.device))
-        if metrics_port(settings):
-            start_http_server(metrics_port(settings))
+        if port := metrics_port(settings):
+            start_http_server(port, registry=metrics)
         logging.getLogger(type(worker).__module__).info("%r started", worker)
         worker.run_forever(stop)
     finally:
