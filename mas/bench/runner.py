@@ -20,9 +20,9 @@ SIZES = ("train_size", "eval_size")
 # never on test. Keyed by suite because Ω's scale depends on the data, the heads and the model:
 # λ does not transfer.
 DEFAULT_LAMBDAS: dict[str, dict[str, float]] = {
-    "split-digits": {"mas": 0.01, "ewc": 100.0, "si": 1.0, "mas-jacobian": 0.1},
+    "split-digits": {"mas": 0.01, "ewc": 100.0, "si": 1.0, "mas-jacobian": 1.0},
     "permuted-digits": {"mas": 0.01, "ewc": 10.0, "si": 10.0, "mas-jacobian": 0.1},
-    "split-mnist-5k": {"mas": 0.1, "ewc": 1000.0, "si": 1000.0, "mas-jacobian": 1.0},
+    "split-mnist-5k": {"mas": 0.1, "ewc": 1000.0, "si": 3000.0, "mas-jacobian": 1.0},
     "permuted-mnist-5k": {"mas": 0.01, "ewc": 30.0, "si": 30.0, "mas-jacobian": 0.1},
 }
 
