@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # At INFO httpx logs every request: thousands of lines through `submit`'s progress bar and
+    # the demo (httpcore logs at DEBUG only).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(importlib.import_module(args.module).run(args) or 0)
 

@@ -13,13 +13,40 @@ import numpy as np
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
+def is_live(url: str, timeout: float = 2.0) -> bool:
+    """Whether the service at `url` answers /healthz: up, not merely started."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=timeout).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 class ServiceError(RuntimeError):
+    """A non-2xx answer; its text is the service's own words (field and message), for people."""
+
     def __init__(self, response: httpx.Response) -> None:
+        problems = "; ".join(
+            f"{field}: {message}" if field else message for field, message in _problems(response)
+        )
         super().__init__(
             f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {response.text[:500]}"
+            f"{response.status_code} {problems}"
         )
         self.status_code = response.status_code
+
+
+def _problems(response: httpx.Response) -> list[tuple[str | None, str]]:
+    """(field, message) pairs of the /v1 error body, `{"error": {"field", "message"}}` (with
+    `details` when several fields are wrong); the raw text when it is not that shape (a proxy's
+    error page, say)."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and "message" in error:
+        details = error.get("details") or [error]
+        return [(item.get("field"), str(item["message"])) for item in details]
+    return [(None, response.text[:500])]
 
 
 class ServiceClient:
@@ -97,10 +124,7 @@ class ServiceClient:
     def wait_until_live(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if self.http.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if is_live(str(self.http.base_url).rstrip("/")):
+                return
             time.sleep(0.2)
         raise TimeoutError(f"service at {self.http.base_url} not live after {timeout}s")

@@ -13,9 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from mas_stream.client import ServiceClient
+from mas_stream.client import ServiceClient, ServiceError, is_live
 from mas_stream.scenario import SERVICE_ENV, run_scenario
 
 
@@ -32,10 +30,12 @@ class RunningService:
     data_dir: Path
 
 
-@contextmanager
-def serve(data_dir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
-    """`mas-stream serve` with its state in `data_dir`, on a free loopback port."""
-    port = free_port()
+def local_env(
+    data_dir: Path, port: int, env_overrides: dict[str, str] | None = None
+) -> dict[str, str]:
+    """This environment for a service of its own: state in `data_dir`, the API on loopback at
+    `port`, its own embedded Redis (any Redis URL in the environment dropped) and no worker
+    metrics ports to collide with another service's."""
     env = {
         **os.environ,
         "MAS_DATA_DIR": str(data_dir),
@@ -45,7 +45,16 @@ def serve(data_dir: Path, env_overrides: dict[str, str] | None = None) -> Iterat
         "MAS_TRAINER_METRICS_PORT": "0",
         **(env_overrides or {}),
     }
-    env.pop("REDIS_URL", None)
+    for variable in ("REDIS_URL", "MAS_REDIS_URL"):
+        env.pop(variable, None)
+    return env
+
+
+@contextmanager
+def serve(data_dir: Path, env_overrides: dict[str, str] | None = None) -> Iterator[RunningService]:
+    """`mas-stream serve` with its state in `data_dir`, on a free loopback port."""
+    port = free_port()
+    env = local_env(data_dir, port, env_overrides)
     process = subprocess.Popen([sys.executable, "-m", "mas_stream", "serve"], env=env)
     try:
         yield RunningService(f"http://127.0.0.1:{port}", process, data_dir)
@@ -66,13 +75,6 @@ def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[Runni
         serve(Path(data_dir), env_overrides) as service,
     ):
         yield service
-
-
-def _reachable(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +110,13 @@ def _run(url: str, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if _reachable(args.url):
-        return _run(args.url, args)
-    print(f"{args.url} is not reachable: starting a fresh service for the demo")
-    with fresh_service(SERVICE_ENV) as service:
-        return _run(service.url, args)
+    try:
+        if is_live(args.url):
+            return _run(args.url, args)
+        print(f"{args.url} is not reachable: starting a fresh service for the demo")
+        with fresh_service(SERVICE_ENV) as service:
+            return _run(service.url, args)
+    except ServiceError as error:
+        # The service's refusal (e.g. a task of another input shape already there) is the news.
+        print(f"the service refused the demo: {error}", file=sys.stderr)
+        return 1

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -28,32 +29,47 @@ def run(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"file: {args.file} does not exist", file=sys.stderr)
         return 2
-    with ServiceClient(args.url, token=args.token) as client:
-        try:
-            accepted = client.submit_file(
-                args.name,
-                args.file.name,
-                args.file.read_bytes(),
-                epochs=args.epochs,
-                holdout_fraction=args.holdout_fraction,
-                **{"lambda": args.lam},
-            )
-        except ServiceError as error:
-            print(error, file=sys.stderr)
-            return 1
-        print(f"task {accepted['task']}: job {accepted['job_id']} queued")
-        if args.no_wait:
-            return 0
-        with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {postfix}") as bar:
-
-            def show(record: dict) -> None:
-                bar.n = float(record.get("progress") or 0.0)
-                bar.set_postfix_str(
-                    f"{record['status']} epoch {record.get('epoch', 0)} "
-                    f"loss {record.get('loss') or float('nan'):.4f}"
-                )
-                bar.refresh()
-
-            final = client.wait_for_job(accepted["job_id"], poll_seconds=0.5, on_update=show)
+    try:
+        final = _submit_and_follow(args)
+    except ServiceError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if final is None:
+        return 0
     print(json.dumps({k: final.get(k) for k in ("status", "result", "error")}, indent=2))
     return 0 if final["status"] == "succeeded" else 1
+
+
+def _submit_and_follow(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The job's final record; None with --no-wait."""
+    with ServiceClient(args.url, token=args.token) as client:
+        accepted = client.submit_file(
+            args.name,
+            args.file.name,
+            args.file.read_bytes(),
+            epochs=args.epochs,
+            holdout_fraction=args.holdout_fraction,
+            **{"lambda": args.lam},
+        )
+        print(f"task {accepted['task']}: job {accepted['job_id']} queued")
+        if args.no_wait:
+            return None
+        with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {postfix}") as bar:
+
+            def show(record: dict[str, Any]) -> None:
+                bar.n = float(record.get("progress") or 0.0)
+                bar.set_postfix_str(_describe(record))
+                bar.refresh()
+
+            return client.wait_for_job(accepted["job_id"], poll_seconds=0.5, on_update=show)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    """'running epoch 2/3 loss 0.1234': the job counts epochs from 0, people from 1. The total is
+    known when the upload set it; otherwise it is the trainer's MAS_EPOCHS, unseen here."""
+    if not record.get("step"):
+        return str(record["status"])
+    total = (record.get("params") or {}).get("epochs")
+    epoch = f"{record['epoch'] + 1}/{total}" if total else str(record["epoch"] + 1)
+    loss = record.get("loss")
+    return f"{record['status']} epoch {epoch} loss {float('nan') if loss is None else loss:.4f}"

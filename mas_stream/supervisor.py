@@ -21,6 +21,7 @@ from typing import Final
 from mas.store.redis_server import EmbeddedRedis
 from mas.store.runtime import is_loopback
 from mas.store.settings import Settings
+from mas_stream.client import is_live
 
 log = logging.getLogger("mas_stream.supervisor")
 
@@ -28,6 +29,7 @@ _BACKOFF_START_S: Final = 0.5
 _BACKOFF_MAX_S: Final = 30.0
 _HEALTHY_AFTER_S: Final = 30.0
 _STOP_TIMEOUT_S: Final = 15.0
+_ANSWER_POLL_S: Final = 0.5
 
 
 @dataclass
@@ -94,6 +96,15 @@ def supervise(
             child.backoff = min(child.backoff * 2, _BACKOFF_MAX_S)
 
 
+def announce_when_answering(url: str, stop: threading.Event) -> None:
+    """Logs "serving on" once the API answers /healthz: its child takes seconds (imports, model
+    load) after it starts, and a URL announced before then refuses connections."""
+    while not stop.wait(_ANSWER_POLL_S):
+        if is_live(url):
+            log.info("serving on %s (docs at /docs)", url)
+            return
+
+
 def shutdown(parts: list[Child]) -> None:
     for child in parts:
         child.stop()
@@ -142,7 +153,13 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     parts = children()
-    log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    threading.Thread(
+        target=announce_when_answering,
+        args=(f"http://{host}:{settings.port}", stop),
+        name="announce",
+        daemon=True,
+    ).start()
     try:
         supervise(parts, env, stop, server)
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         url, embedded = redis_url(settings)
         settings = settings.model_copy(update={"redis_url": url})
     _warn_if_open(settings)
+    signal.signal(signal.SIGTERM, _exit_through_finally)
     try:
         uvicorn.run(
             create_app(settings),
@@ -39,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_through_finally(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM ends the process as Ctrl-C does, through `run`'s `finally` that stops the embedded
+    Redis: uvicorn shuts down gracefully, then re-raises the signal with this handler restored,
+    and the default handler would kill the process before the `finally` ran."""
+    raise SystemExit(0)
 
 
 def _warn_if_open(settings: Settings) -> None:

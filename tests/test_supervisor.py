@@ -1,6 +1,6 @@
 """`mas-stream serve` and `mas-stream submit` as a user runs them: a CSV task trained through the
-CLI, a crashed child brought back, SIGTERM stopping everything, and the state still there when
-the service starts again on the same data directory."""
+CLI, a crashed child brought back, SIGTERM stopping everything, the state still there when the
+service starts again on the same data directory, and its URL announced only once it answers."""
 
 from __future__ import annotations
 
@@ -11,31 +11,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from mas.bench.suites import load_suite
 from mas_stream.client import ServiceClient
-from mas_stream.demo import serve
+from mas_stream.demo import free_port, local_env, serve
 from tests.api_support import wait_until
 
 ROLES = {"api", "importance", "trainer", "redis"}
 
 
 def children_of(pid: int) -> dict[str, int]:
-    """Role ('api', 'importance', 'trainer', 'redis') -> pid, from /proc."""
+    """Role ('api', 'importance', 'trainer', 'redis') -> pid, from /proc. Roles are whole
+    arguments (or the executable's name), never substrings: a data directory's path, which
+    Redis's command line holds, may contain any word."""
     found: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            arguments = (entry / "cmdline").read_bytes().decode().split("\0")
+            executable = Path(os.readlink(entry / "exe")).name
         except OSError:
             continue
         parent = next(int(line.split()[1]) for line in status.splitlines() if "PPid:" in line)
         if parent != pid:
             continue
-        for role in ("importance", "trainer", "api", "redis-server"):
-            if role in command:
-                found[role.removesuffix("-server")] = int(entry.name)
+        if executable == "redis-server":
+            found["redis"] = int(entry.name)
+            continue
+        for role in ("importance", "trainer", "api"):
+            if role in arguments:
+                found[role] = int(entry.name)
                 break
     return found
 
@@ -71,6 +79,8 @@ def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> No
                 str(dataset),
                 "--url",
                 service.url,
+                "--epochs",
+                "3",
             ],
             capture_output=True,
             text=True,
@@ -78,6 +88,9 @@ def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> No
         )
         assert submitted.returncode == 0, submitted.stderr
         assert '"status": "succeeded"' in submitted.stdout
+        # The progress bar counts epochs as people do, and no request log runs through it.
+        assert "succeeded epoch 3/3 loss" in submitted.stderr
+        assert "HTTP Request" not in submitted.stderr
         served = client.predict("digits01", task.x_test.numpy())
         accuracy = (task.y_test.numpy() == served["predictions"]).mean()
         assert served["model_version"] == 1 and accuracy > 0.9
@@ -101,3 +114,23 @@ def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> No
         wait_until(lambda: client.http.get("/readyz").status_code == 200, timeout=60)
         assert client.predict("digits01", task.x_test[:5].numpy())["model_version"] == 1
         assert client.http.get("/v1/tasks/digits01").status_code == 200
+
+
+def test_serve_announces_its_url_once_the_api_answers(tmp_path: Path) -> None:
+    port = free_port()
+    env = local_env(tmp_path / "data", port)
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mas_stream", "serve"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: f"serving on {url}" in log.read_text(), timeout=120)
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        assert process.wait(60) == 0
