@@ -3,6 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 TORCH_CPU_VERSION ?= 2.13.0
+# Where that CPU build comes from: pip's configured indexes by default (a local wheel on the
+# project's CI machines). PyPI's Linux wheels are CUDA builds, so elsewhere set
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the small CPU one.
+TORCH_INDEX ?=
 
 .PHONY: setup serve test lint bench clean
 
@@ -14,7 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
-		$(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; \
+		$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+			"torch==$(TORCH_CPU_VERSION)"; \
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
