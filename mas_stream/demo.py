@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mas_stream.client import ServiceClient, ServiceError, is_live
-from mas_stream.scenario import SERVICE_ENV, run_scenario
+from mas_stream.scenario import SERVICE_ENV, ScenarioFailed, run_scenario
 
 
 def free_port() -> int:
@@ -119,4 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except ServiceError as error:
         # The service's refusal (e.g. a task of another input shape already there) is the news.
         print(f"the service refused the demo: {error}", file=sys.stderr)
+        return 1
+    except (ScenarioFailed, TimeoutError) as error:
+        print(f"the demo failed: {error}", file=sys.stderr)
         return 1
