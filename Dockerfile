@@ -23,6 +23,6 @@ USER mas
 VOLUME ["/data"]
 EXPOSE 8000 9101 9102
 # The API's probe: docker-compose.yml gives the worker containers (no HTTP API) their own.
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 --start-period=60s \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz')" || exit 1
 CMD ["mas-stream", "api"]
