@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from mas.store.settings import Settings
 from service.context import build_runtime
 from service.errors import install_error_handlers
 from service.intake import TaskUpload
-from service.limits import BodySizeLimit
+from service.limits import BodySizeLimit, refuse_declared_oversize
 from service.metrics import HttpMetricsMiddleware, RuntimeCollector, ServiceMetrics
 from service.routes import health, importance, jobs, models, oip, predict, tasks
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version("mas-stream"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_declared_oversize)],
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -1,13 +1,16 @@
-"""413 for request bodies above the configured size, whatever route they are sent to.
+"""413 for request bodies above the configured size, on every route.
 
-A declared Content-Length is refused at the first read, before a byte is received; a body
-without one (chunked) is counted as it streams and refused once it crosses the limit, before the
-handler sees it all. Refusing at the read, not on arrival, lets the router choose the route
-first, so the refusal is counted under its route.
+A declared Content-Length above the limit is refused after routing, so the refusal is counted
+under its route: by `refuse_declared_oversize`, an app-wide dependency that runs before any
+route's own (authentication included), for routes that never read their body; and at the first
+read, before a byte is received, for routes that read it before their dependencies run. A body
+without a Content-Length (chunked) is counted as it streams and refused once it crosses the
+limit, before the handler sees it all.
 """
 
 from __future__ import annotations
 
+from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is larger than the limit of {limit} bytes")
+
+
+def refuse_declared_oversize(request: Request) -> None:
+    _refuse_declared(request.scope, request.app.state.settings.max_body_bytes)
 
 
 class BodySizeLimit:
@@ -27,13 +34,11 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = _content_length(scope)
         received = 0
 
         async def counting_receive() -> Message:
             nonlocal received
-            if declared is not None and declared > limit:
-                raise BodyTooLarge(limit)
+            _refuse_declared(scope, limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -42,6 +47,12 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+def _refuse_declared(scope: Scope, limit: int) -> None:
+    declared = _content_length(scope)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -188,7 +188,14 @@ def test_labels_out_of_range(api: Api) -> None:
 
 
 def test_body_too_large(api: Api) -> None:
-    routes = {"/v1/tasks": 1, "/v1/predict": 2, "/v2/models/{name}/infer": 1, "unmatched": 0}
+    routes = {
+        "/v1/tasks": 1,
+        "/v1/predict": 2,
+        "/v2/models/{name}/infer": 1,
+        "/v1/models/{version}/activate": 1,
+        "/v1/jobs/{job_id}": 1,
+        "unmatched": 0,
+    }
 
     def refusals_counted() -> dict[str, float]:
         scrape = httpx.get(f"{api.base}/metrics").text
@@ -216,6 +223,13 @@ def test_body_too_large(api: Api) -> None:
         tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
         oip = infer(api, [tensor] * (MAX_BODY // 64))
         assert oip.status_code == 413 and "body" in oip.json()["error"]
+        # Routes that never read their body are refused all the same, before acting.
+        padding = b"x" * (MAX_BODY + 1)
+        activate = f"{api.base}/v1/models/{api.version}/activate"
+        refused(httpx.post(activate, content=padding), 413, "body")
+        refused(
+            httpx.request("DELETE", f"{api.base}/v1/jobs/{'0' * 32}", content=padding), 413, "body"
+        )
     after = refusals_counted()
     assert {route: after[route] - before[route] for route in routes} == routes
 
