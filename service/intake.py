@@ -23,6 +23,8 @@ from mas.store.settings import Settings
 from service.errors import ApiError
 from service.state import ServedModel
 
+# Job statuses after which a stored dataset trains nothing: its name is free again.
+ABANDONED = frozenset({FAILED, CANCELED})
 # Where the core's field names ("x", "y", "label") are, in each kind of upload.
 JSON_FIELDS = {"x": "inputs", "y": "labels"}
 FILE_FIELDS = {"x": "file.x", "y": "file.y", "label": "file.label"}
@@ -113,7 +115,10 @@ class TaskIntake:
             x, y = read()
             with fields_named(fields):
                 inputs, labels = validate_task_arrays(
-                    x, y, num_classes=self._num_classes(options), input_shape=self._input_shape()
+                    x,
+                    y,
+                    num_classes=self._num_classes(options),
+                    input_shape=self._input_shape(task),
                 )
             fraction = options.holdout_fraction or self._settings.holdout_fraction
             x_train, y_train, x_holdout, y_holdout = split_holdout(
@@ -155,23 +160,32 @@ class TaskIntake:
             )
         if not self._datasets.exists(task):
             return
-        job_id = self._datasets.meta(task).get("job_id")
-        job = self._jobs.get(job_id) if job_id else None
-        if job is None or job["status"] not in (FAILED, CANCELED):
-            status = job["status"] if job else "unknown"
+        status = self._job_status(task)
+        if status not in ABANDONED:
             raise ApiError(
                 409,
                 "name",
-                f"task {task!r} already exists (its job is {status}); choose another name",
+                f"task {task!r} already exists (its job is {status or 'unknown'}); "
+                "choose another name",
             )
 
-    def _input_shape(self) -> list[int] | None:
-        """The served model's, else the first stored dataset's (its model may still be training)."""
+    def _job_status(self, task: str) -> str | None:
+        """Status of the job that trains the stored dataset `task` (None: none recorded)."""
+        job_id = self._datasets.meta(task).get("job_id")
+        job = self._jobs.get(job_id) if job_id else None
+        return job["status"] if job else None
+
+    def _input_shape(self, task: str) -> list[int] | None:
+        """The served model's, else the first stored dataset's that may still train (its model
+        may be training now). Not `task`'s own, nor an abandoned one's: their shape may be what
+        made their job fail, and is being corrected."""
         loaded = self._served.current
         if loaded is not None:
             return loaded.model.input_shape
-        names = self._datasets.names()
-        return self._datasets.meta(names[0])["input_shape"] if names else None
+        for name in self._datasets.names():
+            if name != task and self._job_status(name) not in ABANDONED:
+                return self._datasets.meta(name)["input_shape"]
+        return None
 
     def _num_classes(self, options: TrainingOptions) -> int | None:
         """Labels must fit the declared classes, and the shared head when there is one."""

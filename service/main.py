@@ -25,12 +25,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name, None) for name in ("host", "port")}
     settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
     embedded = None
-    if not settings.redis_url:
-        url, embedded = redis_url(settings)
-        settings = settings.model_copy(update={"redis_url": url})
-    _warn_if_open(settings)
     signal.signal(signal.SIGTERM, _exit_through_finally)
     try:
+        if not settings.redis_url:
+            url, embedded = redis_url(settings)
+            settings = settings.model_copy(update={"redis_url": url})
+        _warn_if_open(settings)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

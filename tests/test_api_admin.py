@@ -176,6 +176,24 @@ def test_a_name_whose_job_failed_or_was_canceled_can_be_submitted_again(
     assert f"version {unserved} has learned" in learned.json()["error"]["message"]
 
 
+def test_before_any_model_an_abandoned_dataset_does_not_fix_the_input_shape(
+    tmp_path: Path, redis_url: str, keys: Keys
+) -> None:
+    """Without a model, uploads must match the first dataset that may still train; a canceled
+    one's shape may be the very mistake its re-upload corrects."""
+    settings = api_settings(tmp_path, redis_url, keys, admin_token=TOKEN)
+    narrow, wide = dataset(width=8), dataset(width=16)
+    with run_api(settings) as base:
+        api = Api(base, settings, version=0)
+        first = upload(api, "a", npz(*narrow)).json()["job_id"]
+        mismatched = upload(api, "b", npz(*wide))
+        assert (mismatched.status_code, mismatched.json()["error"]["field"]) == (422, "file.x")
+        httpx.delete(f"{api.base}/v1/jobs/{first}", headers=AUTH)
+        assert upload(api, "a", npz(*wide)).status_code == 202
+        assert upload(api, "b", npz(*narrow)).status_code == 422
+        assert upload(api, "b", npz(*wide)).status_code == 202
+
+
 def test_models_lineage_and_rollback(api: Api) -> None:
     second = publish(api.settings, {"t0": 3, "t1": 2}, parent=api.version, seed=3)
     wait = httpx.post(f"{api.base}/v1/models/{second}/activate", headers=AUTH)
