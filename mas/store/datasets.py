@@ -231,7 +231,8 @@ class DatasetStore:
 
         The metadata is written in one transaction with `alongside`'s commands (the task's job),
         so the dataset never becomes visible without them. Files of a save whose transaction
-        failed are invisible, and the next save of the name overwrites them."""
+        failed are read by nothing (a first save's have no metadata; a re-save replaces only an
+        abandoned dataset, whose job is over), and the next save of the name overwrites them."""
         for split, (x, y) in zip(SPLITS, ((x_train, y_train), (x_holdout, y_holdout)), strict=True):
             atomic_write_bytes(self._split_path(name, split), _npz_bytes(x, y))
         largest_label = max(
