@@ -78,6 +78,16 @@ def make_trainer(
     return Trainer(settings, redis_conn, keys, consumer=consumer, device=torch.device("cpu"))
 
 
+def trainer_after_task0(
+    settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
+) -> Trainer:
+    """A trainer that has learned digits task 0, so the served version is 1."""
+    trainer = make_trainer(settings, redis_conn, keys)
+    upload(stores, "task0", *digits_task(0))
+    assert trainer.run_once(block_ms=2000)
+    return trainer
+
+
 def test_tasks_become_versions_with_data_importance_and_frozen_old_heads(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:
@@ -111,9 +121,7 @@ def test_tasks_become_versions_with_data_importance_and_frozen_old_heads(
 def test_traffic_importance_is_used_when_enough_was_served(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    trainer = make_trainer(settings, redis_conn, keys)
-    upload(stores, "task0", *digits_task(0))
-    trainer.run_once(block_ms=2000)
+    trainer = trainer_after_task0(settings, stores, redis_conn, keys)
     x, _ = digits_task(0)
     SampleStream(redis_conn, keys, maxlen=10_000).append_many([(1, "task0", x[:150])])
     worker = ImportanceWorker(
@@ -136,9 +144,7 @@ def test_a_non_finite_traffic_omega_is_refused_for_data_omega(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:
     """A partial committed with an overflowed row must not turn the penalty into NaN."""
-    trainer = make_trainer(settings, redis_conn, keys)
-    upload(stores, "task0", *digits_task(0))
-    trainer.run_once(block_ms=2000)
+    trainer = trainer_after_task0(settings, stores, redis_conn, keys)
     model = stores["registry"].load(1).model
     poisoned = ImportanceAccumulator()
     sums = {name: torch.ones_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
@@ -216,9 +222,7 @@ def test_a_job_overtaken_by_another_activation_trains_again_on_top_of_it(
 def test_cancel_while_running_leaves_the_served_version(
     settings: Settings, stores: dict[str, Any], redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    trainer = make_trainer(settings, redis_conn, keys)
-    upload(stores, "task0", *digits_task(0))
-    trainer.run_once(block_ms=2000)
+    trainer = trainer_after_task0(settings, stores, redis_conn, keys)
     job = upload(stores, "task1", *digits_task(1), epochs=2000)
     runner = threading.Thread(target=trainer.run_once, kwargs={"block_ms": 2000})
     runner.start()
