@@ -16,7 +16,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("worker", "trainer"): ("worker.trainer", "Run one trainer worker."),
     ("submit",): ("mas_stream.submit", "Upload a task dataset and follow its training job."),
     ("demo",): ("mas_stream.demo", "Run the permuted-MNIST scenario against the service."),
-    ("bench",): ("mas.bench.command", "Run the continual-learning benchmark."),
+    ("bench",): ("mas_stream.bench.command", "Run the continual-learning benchmark."),
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mas.bench.suites import load_suite
 from mas.data import TaskSplit
+from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 
 _EVAL_ROWS_PER_REQUEST = 250

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from mas.store.redis_server import EmbeddedRedis
-from mas.store.runtime import is_loopback
-from mas.store.settings import Settings
+from mas_stream.bootstrap import is_loopback
 from mas_stream.client import is_live
+from mas_stream.settings import Settings
+from mas_stream.store.redis_server import EmbeddedRedis
 
 log = logging.getLogger("mas_stream.supervisor")
 

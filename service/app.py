@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
 from service.context import build_runtime
 from service.errors import install_error_handlers
 from service.intake import TaskUpload

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import mas
-from mas.store.registry import LoadedVersion
+from mas_stream.store.registry import LoadedVersion
 from service.errors import ApiError
 
 log = logging.getLogger(__name__)

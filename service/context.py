@@ -11,15 +11,15 @@ from fastapi import Depends, Request
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from mas.store.datasets import DatasetStore
-from mas.store.jobs import JobQueue
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.redis_server import redis_client
-from mas.store.registry import ModelRegistry
-from mas.store.runtime import resolve_device
-from mas.store.samples import SampleStream
-from mas.store.settings import Settings
+from mas_stream.bootstrap import resolve_device
+from mas_stream.settings import Settings
+from mas_stream.store.datasets import DatasetStore
+from mas_stream.store.jobs import JobQueue
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.redis_server import redis_client
+from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.samples import SampleStream
 from service.batcher import MicroBatcher
 from service.forwarder import SampleForwarder
 from service.importance import ImportanceView

@@ -16,7 +16,7 @@ from collections import Counter, deque
 import numpy as np
 import redis
 
-from mas.store.samples import SampleStream
+from mas_stream.store.samples import SampleStream
 from service.backoff import Backoff
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from mas.importance_stats import layer_summary
-from mas.store.omega import OmegaStore
-from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
+from mas.drift import layer_summary
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.registry import OMEGA_BOUNDARY, ModelRegistry
 from service.state import ServedModel
 
 LayerSummary = dict[str, dict[str, float | None]]

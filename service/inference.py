@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import mas
-from mas.store.registry import LoadedVersion
+from mas_stream.store.registry import LoadedVersion
 from service.batcher import MicroBatcher
 from service.errors import ApiError
 from service.forwarder import SampleForwarder

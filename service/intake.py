@@ -16,10 +16,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mas.data import MAX_CLASSES, DataValidationError, validate_task_arrays, validate_task_name
-from mas.store.datasets import DatasetStore, parse_dataset_file, split_holdout
-from mas.store.jobs import CANCELED, FAILED, JobQueue, new_job_id
-from mas.store.registry import ModelRegistry
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.datasets import DatasetStore, parse_dataset_file, split_holdout
+from mas_stream.store.jobs import CANCELED, FAILED, JobQueue, new_job_id
+from mas_stream.store.registry import ModelRegistry
 from service.errors import ApiError
 from service.state import ServedModel
 

@@ -9,8 +9,8 @@ from types import FrameType
 
 import uvicorn
 
-from mas.store.runtime import is_loopback, redis_url
-from mas.store.settings import Settings
+from mas_stream.bootstrap import is_loopback, redis_url
+from mas_stream.settings import Settings
 from service.app import create_app
 
 log = logging.getLogger(__name__)

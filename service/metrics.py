@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mas.store.jobs import JobQueue
+from mas_stream.store.jobs import JobQueue
 from service.forwarder import SampleForwarder
 from service.importance import ImportanceView
 from service.state import ServedModel

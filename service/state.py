@@ -14,8 +14,8 @@ import time
 
 import redis
 
-from mas.store.keys import Keys
-from mas.store.registry import LoadedVersion, ModelRegistry
+from mas_stream.store.keys import Keys
+from mas_stream.store.registry import LoadedVersion, ModelRegistry
 from service.backoff import Backoff
 
 log = logging.getLogger(__name__)

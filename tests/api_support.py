@@ -11,10 +11,10 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import mas
-from mas.store.keys import Keys
-from mas.store.redis_server import redis_client
-from mas.store.registry import ModelRegistry
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import redis_client
+from mas_stream.store.registry import ModelRegistry
 
 SPEC = {"family": "mlp", "input_shape": [8], "hidden": [16]}
 TOKEN = "s3cret-admin-token"

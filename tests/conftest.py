@@ -11,8 +11,8 @@ import pytest
 import redis
 import torch
 
-from mas.store.keys import Keys
-from mas.store.redis_server import EmbeddedRedis, redis_client
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
 from service.app import create_app
 
 

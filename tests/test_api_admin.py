@@ -15,11 +15,11 @@ import redis
 import torch
 
 import mas
-from mas.store.jobs import JobQueue
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.registry import ModelRegistry
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.jobs import JobQueue
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.registry import ModelRegistry
 from tests.api_support import SPEC, TOKEN, api_settings, metric, publish, rows, snapshot
 from tests.serving import run_api
 

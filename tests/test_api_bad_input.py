@@ -22,10 +22,10 @@ import redis
 import torch
 
 import mas
-from mas.store.keys import Keys
-from mas.store.redis_server import redis_client
-from mas.store.registry import LoadedVersion
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import redis_client
+from mas_stream.store.registry import LoadedVersion
 from service.batcher import MicroBatcher
 from service.errors import ApiError
 from tests.api_support import SPEC, api_settings, metric, publish, rows, snapshot

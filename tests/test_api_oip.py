@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from mas.store.keys import Keys
+from mas_stream.store.keys import Keys
 from tests.api_support import api_settings, publish
 from tests.serving import run_api
 

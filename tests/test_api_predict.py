@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import redis
 
-from mas.store.keys import Keys
+from mas_stream.store.keys import Keys
 from tests.api_support import TOKEN, api_settings, metric, publish, rows, wait_until
 from tests.serving import run_api
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from mas.store.keys import Keys
-from mas.store.redis_server import EmbeddedRedis, redis_client
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 from tests.api_support import api_settings, metric, publish, rows, wait_until
 from tests.serving import run_api
 

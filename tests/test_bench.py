@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import mas
-from mas.bench import command, importance_speed
-from mas.bench.runner import default_lambda, protocol_config, run_method
-from mas.bench.suites import Suite, load_suite
+from mas_stream.bench import command, importance_speed
+from mas_stream.bench.runner import default_lambda, protocol_config, run_method
+from mas_stream.bench.suites import Suite, load_suite
 
 RESULT_KEYS = {
     "method",
@@ -179,7 +179,7 @@ def test_inconsistent_flags_exit_2_before_running(
 
 def test_module_entry_point_rejects_an_unknown_suite() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "mas.bench.command", "--suite", "nope"],
+        [sys.executable, "-m", "mas_stream.bench.command", "--suite", "nope"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mas.bench.suites import load_suite
-from mas.store.keys import Keys
+from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.demo import free_port, local_env
+from mas_stream.store.keys import Keys
 from tests.api_support import api_settings
 from tests.serving import run_api
 from tests.test_supervisor import alive, children_of

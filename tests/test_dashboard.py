@@ -23,8 +23,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
-from mas.store.keys import Keys
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
 from service.context import build_runtime
 from service.metrics import RuntimeCollector, ServiceMetrics
 from tests.api_support import api_settings

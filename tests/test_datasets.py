@@ -15,10 +15,15 @@ import redis
 import torch
 
 from mas.data import DataValidationError
-from mas.store.datasets import DatasetStore, UnknownDataset, parse_dataset_file, split_holdout
-from mas.store.jobs import JobQueue, new_job_id
-from mas.store.keys import Keys
-from mas.store.redis_server import EmbeddedRedis
+from mas_stream.store.datasets import (
+    DatasetStore,
+    UnknownDataset,
+    parse_dataset_file,
+    split_holdout,
+)
+from mas_stream.store.jobs import JobQueue, new_job_id
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import EmbeddedRedis
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:

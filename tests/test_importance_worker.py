@@ -24,12 +24,12 @@ import torch
 from sklearn.datasets import load_digits
 
 import mas
-from mas.importance_stats import layer_summary
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.registry import ModelRegistry
-from mas.store.samples import SampleStream
-from mas.store.settings import Settings
+from mas.drift import layer_summary
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.samples import SampleStream
 from tests.api_support import wait_until
 from worker.importance import METRICS, ImportanceWorker
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import redis
 
-from mas.store.codec import as_text
-from mas.store.jobs import JobQueue, UnknownJob
-from mas.store.keys import Keys
 from mas.training import Progress
+from mas_stream.store.codec import as_text
+from mas_stream.store.jobs import JobQueue, UnknownJob
+from mas_stream.store.keys import Keys
 
 STALE_MS = 200
 

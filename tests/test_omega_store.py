@@ -8,9 +8,9 @@ import redis
 import torch
 
 from mas.accumulator import ImportanceAccumulator
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.samples import SampleStream
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.samples import SampleStream
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from fastapi.routing import APIRoute
 from pydantic import AliasChoices
 
 import service.routes
-from mas.store.settings import Settings
 from mas_stream import cli
+from mas_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -13,8 +13,8 @@ import redis
 import torch
 
 from mas.model import MultiHeadNet, build_model
-from mas.store.keys import Keys
-from mas.store.registry import ModelRegistry, UnknownVersion
+from mas_stream.store.keys import Keys
+from mas_stream.store.registry import ModelRegistry, UnknownVersion
 
 SPEC = {"family": "mlp", "input_shape": [6], "hidden": [8]}
 

@@ -9,9 +9,9 @@ import pytest
 import redis
 import torch
 
-from mas.store.codec import as_text
-from mas.store.keys import Keys
-from mas.store.samples import CorruptSample, SampleStream, StreamEntry, decode
+from mas_stream.store.codec import as_text
+from mas_stream.store.keys import Keys
+from mas_stream.store.samples import CorruptSample, SampleStream, StreamEntry, decode
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mas.model import MultiHeadNet, build_model
-from mas.store.codec import decode_tensors, encode_tensors
-from mas.store.files import atomic_write_bytes, atomic_write_json
-from mas.store.model_files import (
+from mas_stream.store.codec import decode_tensors, encode_tensors
+from mas_stream.store.files import atomic_write_bytes, atomic_write_json
+from mas_stream.store.model_files import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     load_extra_tensors,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mas.bench.suites import SUITES, VALIDATION_FOLDS, load_suite, permutation
+from mas_stream.bench.suites import SUITES, VALIDATION_FOLDS, load_suite, permutation
 
 
 def _rows(*arrays: torch.Tensor) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from mas.bench.suites import load_suite
+from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.demo import free_port, local_env, serve
 from tests.api_support import wait_until

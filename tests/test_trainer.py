@@ -20,15 +20,15 @@ import torch
 
 import mas
 from mas.accumulator import ImportanceAccumulator
-from mas.bench.suites import load_suite
-from mas.store.datasets import DatasetStore, split_holdout
-from mas.store.jobs import JobQueue
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.redis_server import EmbeddedRedis, redis_client
-from mas.store.registry import ModelRegistry
-from mas.store.samples import SampleStream
-from mas.store.settings import Settings
+from mas_stream.bench.suites import load_suite
+from mas_stream.settings import Settings
+from mas_stream.store.datasets import DatasetStore, split_holdout
+from mas_stream.store.jobs import JobQueue
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.redis_server import EmbeddedRedis, redis_client
+from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.samples import SampleStream
 from tests.api_support import wait_until
 from worker.importance import ImportanceWorker
 from worker.trainer import JobLease, LeaseLost, Trainer, _published_result

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mas.store.keys import Keys
+from mas_stream.store.keys import Keys
 from tests.api_support import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

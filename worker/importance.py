@@ -26,15 +26,15 @@ import torch
 from prometheus_client import Counter, Gauge
 
 from mas.accumulator import ImportanceAccumulator, all_finite
+from mas.drift import layer_summary
 from mas.importance import importance_sums
-from mas.importance_stats import layer_summary
 from mas.model import MultiHeadNet
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.registry import OMEGA_BOUNDARY, ModelRegistry
-from mas.store.runtime import every, metrics_registry, run_worker
-from mas.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
-from mas.store.settings import Settings
+from mas_stream.bootstrap import every, metrics_registry, run_worker
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.registry import OMEGA_BOUNDARY, ModelRegistry
+from mas_stream.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
 
 log = logging.getLogger(__name__)
 

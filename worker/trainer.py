@@ -28,14 +28,14 @@ from mas.accumulator import ImportanceAccumulator, all_finite
 from mas.importance import importance_sums
 from mas.model import MultiHeadNet, build_model
 from mas.penalty import QuadraticAnchor, consolidate
-from mas.store.datasets import DatasetStore
-from mas.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
-from mas.store.keys import Keys
-from mas.store.omega import OmegaStore
-from mas.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
-from mas.store.runtime import every, metrics_registry, run_worker
-from mas.store.settings import Settings
 from mas.training import Progress, TrainConfig, TrainingStopped, evaluate, train_task
+from mas_stream.bootstrap import every, metrics_registry, run_worker
+from mas_stream.settings import Settings
+from mas_stream.store.datasets import DatasetStore
+from mas_stream.store.jobs import CANCELED, FAILED, SUCCEEDED, JobQueue, JobRecord
+from mas_stream.store.keys import Keys
+from mas_stream.store.omega import OmegaStore
+from mas_stream.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
-from mas.store.jobs import RUNNING, UnknownJob
+from mas_stream.store.jobs import RUNNING, UnknownJob
 from service.auth import require_admin
 from service.context import RuntimeDep
 from service.errors import ApiError

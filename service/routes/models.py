@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from mas.store.registry import UnknownVersion
+from mas_stream.store.registry import UnknownVersion
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError

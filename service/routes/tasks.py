@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from mas.store.datasets import UnknownDataset
+from mas_stream.store.datasets import UnknownDataset
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model

@@ -21,9 +21,9 @@ import redis
 import torch
 
 from mas.data import DataValidationError, validate_task_arrays, validate_task_name
-from mas.store.codec import as_text
-from mas.store.files import atomic_write_bytes
-from mas.store.keys import Keys
+from mas_stream.store.codec import as_text
+from mas_stream.store.files import atomic_write_bytes
+from mas_stream.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

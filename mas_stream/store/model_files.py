@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from mas.model import MultiHeadNet, build_model
-from mas.store.codec import decode_tensors, encode_tensors
-from mas.store.files import atomic_write_bytes, atomic_write_json
+from mas_stream.store.codec import decode_tensors, encode_tensors
+from mas_stream.store.files import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"

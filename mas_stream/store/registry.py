@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from mas.model import MultiHeadNet
-from mas.store.files import fsync_directory
-from mas.store.keys import Keys
-from mas.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
+from mas_stream.store.files import fsync_directory
+from mas_stream.store.keys import Keys
+from mas_stream.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
 
 _VERSION_DIRECTORY = re.compile(r"^v(\d+)$")
 # Read-only files guard immutability; the directory stays readable by processes of other users

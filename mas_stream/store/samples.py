@@ -16,9 +16,9 @@ import numpy as np
 import redis
 import torch
 
-from mas.store.codec import as_text
-from mas.store.consumers import ConsumerPruner
-from mas.store.keys import Keys
+from mas_stream.store.codec import as_text
+from mas_stream.store.consumers import ConsumerPruner
+from mas_stream.store.keys import Keys
 
 _FIELDS: Final = (b"v", b"t", b"s", b"x")
 _FLOAT32_LE: Final = np.dtype("<f4")

@@ -21,9 +21,9 @@ from prometheus_client import (
     start_http_server,
 )
 
-from mas.store.keys import Keys
-from mas.store.redis_server import EmbeddedRedis, redis_client
-from mas.store.settings import Settings
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 
 
 @contextmanager

@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from mas import STRATEGIES
-from mas.bench.plot import plot_results
-from mas.bench.runner import (
+from mas_stream.bench.plot import plot_results
+from mas_stream.bench.runner import (
     DEFAULT_METHODS,
     PENALISED,
     RunProgress,
@@ -28,7 +28,7 @@ from mas.bench.runner import (
     run_cross_validation,
     run_label,
 )
-from mas.bench.suites import SUITES, VALIDATION_FOLDS, load_suite
+from mas_stream.bench.suites import SUITES, VALIDATION_FOLDS, load_suite
 
 METRICS = (
     ("ACC", "avg_acc", ".4f"),

@@ -1,8 +1,8 @@
 """How fast exact per-sample MAS importance is, against the ways it is usually computed.
 
-`python -m mas.bench.importance_speed [--json out.json]`: MLP 784-256-256 with a 10-way head on
-the 4,000 MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per second,
-best of --repeats (the methods take turns within each round).
+`python -m mas_stream.bench.importance_speed [--json out.json]`: MLP 784-256-256 with a 10-way
+head on the 4,000 MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per
+second, best of --repeats (the methods take turns within each round).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 import mas
-from mas.bench.suites import load_suite
+from mas_stream.bench.suites import load_suite
 
 Sums = dict[str, torch.Tensor]
 SUITE = "permuted-mnist-5k"
@@ -164,7 +164,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mas.bench.importance_speed")
+    parser = argparse.ArgumentParser(prog="python -m mas_stream.bench.importance_speed")
     parser.add_argument("--loop-samples", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)

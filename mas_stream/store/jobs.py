@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
-from mas.store.codec import as_text
-from mas.store.consumers import ConsumerPruner
-from mas.store.keys import Keys
+from mas_stream.store.codec import as_text
+from mas_stream.store.consumers import ConsumerPruner
+from mas_stream.store.keys import Keys
 
 if TYPE_CHECKING:
     from mas.training import Progress

@@ -15,8 +15,8 @@ from typing import Final
 import redis
 
 from mas.accumulator import ImportanceAccumulator
-from mas.store.codec import as_text, decode_tensors, encode_tensors
-from mas.store.keys import Keys
+from mas_stream.store.codec import as_text, decode_tensors, encode_tensors
+from mas_stream.store.keys import Keys
 
 # KEYS: stream, versions set, then per version: partials, task counts, revisions.
 # ARGV: group, consumer, worker, number of ids, ids..., then per version:

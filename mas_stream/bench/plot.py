@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mas.bench.runner import group_runs, run_label
+from mas_stream.bench.runner import group_runs, run_label
 
 COLUMNS = 5
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 import mas
-from mas.bench.suites import VALIDATION_FOLDS, Suite, load_suite
+from mas_stream.bench.suites import VALIDATION_FOLDS, Suite, load_suite
 
 PENALISED = ("mas", "ewc", "si", "mas-jacobian")
 # What `mas-stream bench` runs unless told otherwise: MAS, its peers and the two bounds.
