@@ -29,6 +29,7 @@ serve: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -39,4 +40,4 @@ bench: setup
 	$(BIN)/mas-stream bench --suite split-digits --methods finetune,mas,ewc,si,joint --seeds 0
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

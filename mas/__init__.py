@@ -1,6 +1,14 @@
 """Memory Aware Synapses: importance, penalty, training and peers, in plain PyTorch (no I/O)."""
 
 from mas.accumulator import ImportanceAccumulator
+from mas.boundary import (
+    Boundary,
+    GateDecision,
+    RetentionGate,
+    consolidate,
+    cross_boundary,
+    evaluate_tasks,
+)
 from mas.data import (
     DataValidationError,
     TaskSplit,
@@ -8,10 +16,11 @@ from mas.data import (
     validate_task_arrays,
     validate_task_name,
 )
-from mas.importance import compute_importance, importance_sums, per_sample_gradient_sums
+from mas.importance import compute_importance, importance_sums
 from mas.metrics import average_accuracy, average_forgetting, backward_transfer
 from mas.model import MultiHeadNet, build_model
-from mas.penalty import QuadraticAnchor, consolidate
+from mas.penalty import QuadraticAnchor
+from mas.per_sample import per_sample_gradient_sums
 from mas.strategies import STRATEGIES, make_strategy
 from mas.training import (
     Progress,
@@ -27,11 +36,14 @@ from mas.training import (
 
 __all__ = [
     "STRATEGIES",
+    "Boundary",
     "DataValidationError",
+    "GateDecision",
     "ImportanceAccumulator",
     "MultiHeadNet",
     "Progress",
     "QuadraticAnchor",
+    "RetentionGate",
     "TaskSplit",
     "TrainConfig",
     "TrainResult",
@@ -43,7 +55,9 @@ __all__ = [
     "build_model",
     "compute_importance",
     "consolidate",
+    "cross_boundary",
     "evaluate",
+    "evaluate_tasks",
     "importance_sums",
     "make_strategy",
     "per_sample_gradient_sums",

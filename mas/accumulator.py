@@ -51,7 +51,8 @@ class ImportanceAccumulator:
             if name in self.sums and name in other.sums:
                 merged.sums[name] = self.sums[name] + other.sums[name].to(self.sums[name].device)
             else:
-                merged.sums[name] = (self.sums.get(name, other.sums.get(name))).clone()
+                owner = self.sums if name in self.sums else other.sums
+                merged.sums[name] = owner[name].clone()
         return merged
 
     def mean(self) -> dict[str, torch.Tensor]:

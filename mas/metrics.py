@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-Matrix = Sequence[Sequence[float]]
+# Entries above the diagonal (tasks not learned yet) may be None: only acc[i][j] with i ≥ j is read.
+Matrix = Sequence[Sequence[float | None]]
 
 
 def _tasks(acc: Matrix) -> int:
@@ -13,10 +14,17 @@ def _tasks(acc: Matrix) -> int:
     return len(acc)
 
 
+def _at(acc: Matrix, i: int, j: int) -> float:
+    value = acc[i][j]
+    if value is None:
+        raise ValueError(f"acc[{i}][{j}] is missing, but task {j} was learned by task {i}")
+    return value
+
+
 def average_accuracy(acc: Matrix) -> float:
     """ACC = mean_j acc[T−1][j]."""
     last = _tasks(acc) - 1
-    return sum(acc[last][: last + 1]) / (last + 1)
+    return sum(_at(acc, last, j) for j in range(last + 1)) / (last + 1)
 
 
 def average_forgetting(acc: Matrix) -> float:
@@ -24,7 +32,7 @@ def average_forgetting(acc: Matrix) -> float:
     last = _tasks(acc) - 1
     if last == 0:
         return 0.0
-    drops = [max(acc[i][j] for i in range(j, last)) - acc[last][j] for j in range(last)]
+    drops = [max(_at(acc, i, j) for i in range(j, last)) - _at(acc, last, j) for j in range(last)]
     return sum(drops) / last
 
 
@@ -33,4 +41,4 @@ def backward_transfer(acc: Matrix) -> float:
     last = _tasks(acc) - 1
     if last == 0:
         return 0.0
-    return sum(acc[last][j] - acc[j][j] for j in range(last)) / last
+    return sum(_at(acc, last, j) - _at(acc, j, j) for j in range(last)) / last

@@ -96,8 +96,10 @@ def _initialise(trunk: nn.Module, activation: str) -> None:
             if activation in ("relu", "gelu"):
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             else:
-                nn.init.xavier_normal_(layer.weight, gain=nn.init.calculate_gain(activation))
-            nn.init.zeros_(layer.bias)
+                gain = nn.init.calculate_gain("tanh" if activation == "tanh" else "sigmoid")
+                nn.init.xavier_normal_(layer.weight, gain=gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def _mlp_trunk(spec: dict[str, Any]) -> tuple[nn.Module, int]:

@@ -7,7 +7,8 @@ from torch import nn
 
 
 class QuadraticAnchor:
-    """No ½ factor (MAS.md). Parameters absent from `importance` (a new task's head) are free.
+    """No ½ factor (docs/method.md). Parameters absent from `importance` (a new task's head) are
+    free.
 
     The hot path is three foreach kernels and one reduction: d = θ − θ*, w = √Ω ⊙ d, Σ‖w‖².
     """
@@ -58,22 +59,8 @@ class QuadraticAnchor:
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         parameters = dict(model.named_parameters())
-        current = [parameters[name] for name in self.names]
+        current: list[torch.Tensor] = [parameters[name] for name in self.names]
         if not current:
             return torch.zeros(())
         weighted = torch._foreach_mul(torch._foreach_sub(current, self._anchor), self._sqrt_weight)
         return torch.stack(torch._foreach_norm(weighted)).square().sum()
-
-
-def consolidate(
-    previous: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor], gamma: float = 1.0
-) -> dict[str, torch.Tensor]:
-    """Ω_cons ← γ·Ω_cons + Ω_new at a task boundary; γ = 1 is the paper's plain sum."""
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError("gamma must be in [0, 1]")
-    if previous is None:
-        return {name: value.detach().clone() for name, value in new.items()}
-    merged = {name: value.detach().clone() for name, value in new.items()}
-    for name, value in previous.items():
-        merged[name] = merged[name] + gamma * value if name in merged else gamma * value
-    return merged

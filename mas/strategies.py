@@ -1,7 +1,8 @@
 """Continual-learning strategies: MAS and its peers differ only in how Ω is estimated.
 
-Every regularised strategy runs the same boundary step (MAS.md, "Across tasks"): after task t,
-Ω_cons ← γ·Ω_cons + Ω_new and θ* ← θ, then task t+1 trains with λ Σ Ω_cons (θ − θ*)².
+Every regularised strategy crosses the same task boundary as the service's trainer
+(`mas.boundary.cross_boundary`): after task t, Ω_cons ← γ·Ω_cons + Ω_new and θ* ← θ, then task
+t+1 trains with λ Σ Ω_cons (θ − θ*)².
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mas.importance import (
-    Method,
-    compute_importance,
-    negative_log_likelihood,
-    per_sample_gradient_sums,
-)
+from mas.boundary import cross_boundary
+from mas.importance import Method, compute_importance
+from mas.losses import negative_log_likelihood
 from mas.model import MultiHeadNet
-from mas.penalty import QuadraticAnchor, consolidate
+from mas.penalty import QuadraticAnchor
+from mas.per_sample import per_sample_gradient_sums
 from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_tasks
 
 ProgressCallback = Callable[[Progress], None] | None
@@ -109,8 +108,9 @@ class Regularized(Strategy):
 
     def after_task(self, model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor) -> None:
         new = self.estimate(model, task, x, y)
-        self.consolidated = consolidate(self.consolidated, new, self.gamma)
-        self.anchor = QuadraticAnchor.at(model, self.consolidated, self.lam)
+        boundary = cross_boundary(model, self.consolidated, new, lam=self.lam, gamma=self.gamma)
+        self.consolidated = boundary.consolidated
+        self.anchor = boundary.anchor
 
 
 class PathIntegral:
@@ -170,7 +170,8 @@ class SynapticIntelligence(Regularized):
         return self._path.importance(model)
 
 
-# "mas" is MAS.md's Ω; "mas-jacobian" the paper's per-output norm it approximates, for comparison.
+# "mas" is the project's Ω (docs/method.md); "mas-jacobian" the paper's per-output norm it
+# approximates, for comparison.
 STRATEGIES = ("finetune", "mas", "ewc", "si", "joint", "mas-jacobian")
 
 

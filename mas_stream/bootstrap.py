@@ -27,7 +27,7 @@ from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 
 
 @contextmanager
-def every(interval_s: float, action: Callable[[], None], name: str) -> Iterator[None]:
+def every(interval_s: float, action: Callable[[], object], name: str) -> Iterator[None]:
     """Runs `action` every interval_s seconds in a background thread while the block runs: what
     keeps a lease or a claim fresh through work of unknown length."""
     done = threading.Event()

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+from mas_stream.records.job import FINAL_STATUSES, Job, JobParams
+from mas_stream.records.version import ModelListing
 
 
 def is_live(url: str, timeout: float = 2.0) -> bool:
@@ -69,22 +70,24 @@ class ServiceClient:
         return response.json()
 
     def submit_task(
-        self, name: str, x: np.ndarray, y: np.ndarray, **options: float | int | None
+        self, name: str, x: np.ndarray, y: np.ndarray, params: JobParams | None = None
     ) -> dict[str, Any]:
-        """Uploads the dataset as an .npz file part; options: epochs, lambda, holdout_fraction."""
+        """Uploads the dataset as an .npz file part."""
         buffer = io.BytesIO()
         np.savez(buffer, x=np.asarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.int64))
-        form = {"name": name, **{k: str(v) for k, v in options.items() if v is not None}}
-        files = {"file": (f"{name}.npz", buffer.getvalue(), "application/octet-stream")}
-        return self._json(self.http.post("/v1/tasks", data=form, files=files))
+        return self.submit_file(name, f"{name}.npz", buffer.getvalue(), params)
 
-    def submit_file(self, name: str, filename: str, content: bytes, **options: Any) -> dict:
-        form = {"name": name, **{k: str(v) for k, v in options.items() if v is not None}}
+    def submit_file(
+        self, name: str, filename: str, content: bytes, params: JobParams | None = None
+    ) -> dict[str, Any]:
+        """The params go as form fields under their wire names; those left out are not sent."""
+        given = (params or JobParams()).model_dump(by_alias=True)
+        form = {"name": name, **{field: str(value) for field, value in given.items()}}
         files = {"file": (filename, content, "application/octet-stream")}
         return self._json(self.http.post("/v1/tasks", data=form, files=files))
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+    def job(self, job_id: str) -> Job:
+        return Job.model_validate(self._json(self.http.get(f"/v1/jobs/{job_id}")))
 
     def wait_for_job(
         self,
@@ -92,17 +95,17 @@ class ServiceClient:
         *,
         poll_seconds: float = 0.1,
         timeout: float = 1800.0,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
         deadline = time.monotonic() + timeout
         while True:
-            record = self.job(job_id)
+            job = self.job(job_id)
             if on_update is not None:
-                on_update(record)
-            if record["status"] in FINAL_STATUSES:
-                return record
+                on_update(job)
+            if job.status in FINAL_STATUSES:
+                return job
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {record['status']} after {timeout}s")
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll_seconds)
 
     def predict(self, task: str | None, inputs: np.ndarray | list) -> dict[str, Any]:
@@ -112,8 +115,8 @@ class ServiceClient:
     def importance(self) -> dict[str, Any]:
         return self._json(self.http.get("/v1/importance"))
 
-    def models(self) -> dict[str, Any]:
-        return self._json(self.http.get("/v1/models"))
+    def models(self) -> ModelListing:
+        return ModelListing.model_validate(self._json(self.http.get("/v1/models")))
 
     def metrics_text(self) -> str:
         response = self.http.get("/metrics")

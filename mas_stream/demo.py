@@ -101,10 +101,10 @@ def _run(url: str, args: argparse.Namespace) -> int:
         )
         print(f"rows served per version: {dict(report.rows_served)}")
         print("versions:")
-        for version in client.models()["versions"]:
+        for version in client.models().versions:
             print(
-                f"  v{version['version']} parent={version['parent']} "
-                f"tasks={list(version['tasks'])} current={version['current']}"
+                f"  v{version.version} parent={version.parent} "
+                f"tasks={list(version.tasks)} current={version.current}"
             )
     return 0
 

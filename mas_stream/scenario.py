@@ -21,6 +21,7 @@ import torch
 from mas.data import TaskSplit
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
+from mas_stream.records.job import Job, JobParams, JobStatus
 
 _EVAL_ROWS_PER_REQUEST = 250
 # The permuted suites' own definition: one shared 10-way head for every task.
@@ -30,7 +31,7 @@ SERVICE_ENV = {"MAS_HEAD_MODE": "shared"}
 @dataclass
 class Stage:
     task: str
-    job: dict[str, Any]
+    job: Job
     progress_seen: list[float]
     accuracy: dict[str, float]
 
@@ -121,25 +122,25 @@ def run_scenario(
             split.name,
             split.x_train.numpy(),
             split.y_train.numpy(),
-            epochs=epochs,
-            **{"lambda": lam},
+            # Not validated here: the service refuses a bad value naming its field.
+            JobParams.model_construct(epochs=epochs, lam=lam),
         )
         progress: list[float] = []
 
-        def watch(record: dict[str, Any], seen: list[float] = progress) -> None:
-            if record["status"] == "running":
-                seen.append(float(record["progress"]))
+        def watch(job: Job, seen: list[float] = progress) -> None:
+            if job.status == JobStatus.RUNNING:
+                seen.append(job.progress)
 
         job = client.wait_for_job(accepted["job_id"], on_update=watch)
-        if job["status"] != "succeeded":
-            raise ScenarioFailed(f"job for {split.name} ended {job['status']}: {job['error']}")
+        result = job.result
+        if job.status != JobStatus.SUCCEEDED or result is None:
+            raise ScenarioFailed(f"job for {split.name} ended {job.status}: {job.error}")
         accuracy = {s.name: score(client, s, report.rows_served) for s in splits[: index + 1]}
         report.stages.append(Stage(split.name, job, progress, accuracy))
-        result = job["result"]
         log(
-            f"{split.name}: version {result['version']} "
-            f"({'activated' if result['activated'] else 'held'}; Ω from {result['omega']['source']}"
-            f", {result['omega']['samples']} samples) accuracy "
+            f"{split.name}: version {result.version} "
+            f"({'activated' if result.activated else 'held'}; Ω from {result.omega.source}"
+            f", {result.omega.samples} samples) accuracy "
             + " ".join(f"{task}={value:.3f}" for task, value in accuracy.items())
         )
         if index + 1 < len(splits):

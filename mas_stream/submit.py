@@ -7,11 +7,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from mas_stream.client import ServiceClient, ServiceError
+from mas_stream.records.job import Job, JobParams, JobStatus
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,40 +36,42 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if final is None:
         return 0
-    print(json.dumps({k: final.get(k) for k in ("status", "result", "error")}, indent=2))
-    return 0 if final["status"] == "succeeded" else 1
+    outcome = final.model_dump(mode="json", by_alias=True, include={"status", "result", "error"})
+    print(json.dumps(outcome, indent=2))
+    return 0 if final.status == JobStatus.SUCCEEDED else 1
 
 
-def _submit_and_follow(args: argparse.Namespace) -> dict[str, Any] | None:
+def _submit_and_follow(args: argparse.Namespace) -> Job | None:
     """The job's final record; None with --no-wait."""
     with ServiceClient(args.url, token=args.token) as client:
         accepted = client.submit_file(
             args.name,
             args.file.name,
             args.file.read_bytes(),
-            epochs=args.epochs,
-            holdout_fraction=args.holdout_fraction,
-            **{"lambda": args.lam},
+            # Not validated here: the service refuses a bad value naming its field.
+            JobParams.model_construct(
+                epochs=args.epochs, lam=args.lam, holdout_fraction=args.holdout_fraction
+            ),
         )
         print(f"task {accepted['task']}: job {accepted['job_id']} queued")
         if args.no_wait:
             return None
         with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {postfix}") as bar:
 
-            def show(record: dict[str, Any]) -> None:
-                bar.n = float(record.get("progress") or 0.0)
-                bar.set_postfix_str(_describe(record))
+            def show(job: Job) -> None:
+                bar.n = job.progress
+                bar.set_postfix_str(_describe(job))
                 bar.refresh()
 
             return client.wait_for_job(accepted["job_id"], poll_seconds=0.5, on_update=show)
 
 
-def _describe(record: dict[str, Any]) -> str:
+def _describe(job: Job) -> str:
     """'running epoch 2/3 loss 0.1234': the job counts epochs from 0, people from 1. The total is
     known when the upload set it; otherwise it is the trainer's MAS_EPOCHS, unseen here."""
-    if not record.get("step"):
-        return str(record["status"])
-    total = (record.get("params") or {}).get("epochs")
-    epoch = f"{record['epoch'] + 1}/{total}" if total else str(record["epoch"] + 1)
-    loss = record.get("loss")
-    return f"{record['status']} epoch {epoch} loss {float('nan') if loss is None else loss:.4f}"
+    if not job.step:
+        return str(job.status)
+    total = job.params.epochs
+    epoch = f"{job.epoch + 1}/{total}" if total else str(job.epoch + 1)
+    loss = float("nan") if job.loss is None else job.loss
+    return f"{job.status} epoch {epoch} loss {loss:.4f}"

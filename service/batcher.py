@@ -23,7 +23,7 @@ import torch
 
 import mas
 from mas_stream.store.registry import LoadedVersion
-from service.errors import ApiError
+from service.problems import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,11 @@ class MicroBatcher:
 
 
 def _fail_unanswered(requests: list[_Request]) -> None:
-    """A 503 like the service's other unavailability: a retry reaches a running instance."""
+    """Unavailable, like the service before its first model: a retry reaches a running instance."""
     for request in requests:
         if not request.future.done():
             request.future.set_exception(
-                ApiError(503, None, "the service is shutting down", {"Retry-After": "1"})
+                ServiceUnavailable(None, "the service is shutting down", retry_after=1)
             )
 
 

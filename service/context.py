@@ -22,9 +22,9 @@ from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
 from service.batcher import MicroBatcher
 from service.forwarder import SampleForwarder
-from service.importance import ImportanceView
 from service.inference import Inference
 from service.intake import TaskIntake
+from service.omega_summary import OmegaSummary
 from service.state import ServedModel
 
 REDIS_TIMEOUT_SECONDS = 2.0
@@ -43,7 +43,7 @@ class Runtime:
     batcher: MicroBatcher
     inference: Inference
     intake: TaskIntake
-    importance: ImportanceView
+    importance: OmegaSummary
 
     def start(self) -> None:
         """Needs the running event loop (the batcher's collector lives on it)."""
@@ -100,7 +100,7 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         batcher=batcher,
         inference=Inference(served, batcher, forwarder),
         intake=TaskIntake(settings, served, datasets, jobs, registry),
-        importance=ImportanceView(registry, omega, served),
+        importance=OmegaSummary(registry, omega, served),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -20,10 +20,29 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from mas.data import DataValidationError
+from service.problems import (
+    InvalidValue,
+    NameTaken,
+    NotServed,
+    Problem,
+    ServiceUnavailable,
+    UnknownTask,
+)
 
 log = logging.getLogger(__name__)
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+# The status each kind of expected failure raised below the routes answers with.
+STATUS: dict[type[Exception], int] = {
+    DataValidationError: 422,
+    ServiceUnavailable: 503,
+    NotServed: 404,
+    UnknownTask: 422,
+    NameTaken: 409,
+    InvalidValue: 422,
+}
 
 
 class ApiError(Exception):
@@ -80,7 +99,7 @@ def error_response(
     status: int,
     field: str | None,
     message: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_payload(request_path, field, message), status, headers=headers)
 
@@ -112,9 +131,25 @@ async def _api_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(request.url.path, error.status, error.field, error.message, error.headers)
 
 
+def status_of(error: Exception) -> int:
+    """The status of the nearest class in the table, so a subclass answers like its parent."""
+    return next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
+
+
+def headers_of(problem: Problem) -> dict[str, str] | None:
+    return None if problem.retry_after is None else {"Retry-After": str(problem.retry_after)}
+
+
+async def _problem(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, Problem)
+    return error_response(
+        request.url.path, status_of(error), error.field, error.message, headers_of(error)
+    )
+
+
 async def _data_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DataValidationError)
-    return error_response(request.url.path, 422, error.field, error.problem)
+    return error_response(request.url.path, status_of(error), error.field, error.problem)
 
 
 async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -153,6 +188,7 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(DataValidationError, _data_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -15,17 +15,19 @@ from collections import Counter, deque
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialBackoff
 
+from mas_stream.records.sample import Sample
 from mas_stream.store.samples import SampleStream
-from service.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 DROP_BUFFER_FULL = "buffer_full"
 DROP_REDIS_ERROR = "redis_error"
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_REDIS_ERROR)
-
-Sample = tuple[int, str, np.ndarray]
+_RETRY_FIRST_SECONDS = 0.05
+_RETRY_CAP_SECONDS = 2.0
+_MOST_DOUBLINGS = 32  # far beyond the cap; counted further, 2**failures overflows a float
 
 
 class SampleForwarder:
@@ -88,7 +90,7 @@ class SampleForwarder:
                 self._dropped[DROP_BUFFER_FULL] += len(rows) - max(room, 0)
                 rows = rows[: max(room, 0)]
             if len(rows):
-                self._buffer.append((version, task, rows))
+                self._buffer.append(Sample(version, task, rows))
                 self._buffered += len(rows)
                 self._wake.notify()
 
@@ -99,27 +101,29 @@ class SampleForwarder:
             taken: list[Sample] = []
             rows = 0
             while self._buffer and (
-                not taken or rows + len(self._buffer[0][2]) <= self._rows_per_write
+                not taken or rows + len(self._buffer[0].rows) <= self._rows_per_write
             ):
                 sample = self._buffer.popleft()
                 taken.append(sample)
-                rows += len(sample[2])
+                rows += len(sample.rows)
             self._buffered -= rows
             return taken
 
     def _drain_forever(self) -> None:
-        backoff = Backoff()
+        backoff = ExponentialBackoff(cap=_RETRY_CAP_SECONDS, base=_RETRY_FIRST_SECONDS)
+        failures = 0
         while True:
             samples = self._take()
             if not samples:
                 return
-            rows = sum(len(sample[2]) for sample in samples)
+            rows = sum(len(sample.rows) for sample in samples)
             try:
                 self._stream.append_many(samples)
             except (redis.RedisError, OSError) as error:
                 with self._lock:
                     self._dropped[DROP_REDIS_ERROR] += rows
-                delay = backoff.next()
+                delay = backoff.compute(failures)
+                failures = min(failures + 1, _MOST_DOUBLINGS)
                 log.warning(
                     "sample forwarding failed (%s); %d dropped, retry in %.2fs", error, rows, delay
                 )
@@ -127,6 +131,6 @@ class SampleForwarder:
                     if not self._stopping:
                         self._wake.wait_for(lambda: self._stopping, delay)
                 continue
-            backoff.reset()
+            failures = 0
             with self._lock:
                 self._forwarded += rows

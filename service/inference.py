@@ -10,8 +10,8 @@ import torch
 import mas
 from mas_stream.store.registry import LoadedVersion
 from service.batcher import MicroBatcher
-from service.errors import ApiError
 from service.forwarder import SampleForwarder
+from service.problems import NotServed, ServiceUnavailable, UnknownTask
 from service.state import ServedModel
 
 NO_MODEL_MESSAGE = (
@@ -39,13 +39,13 @@ class Inference:
         self._forwarder = forwarder
 
     def served_version(self, version: int | None = None, field: str = "version") -> LoadedVersion:
-        """The version serving now; 503 before the first model, 404 for a version not served."""
+        """The version serving now; refused before the first model, and for another version."""
         loaded = self._served.current
         if loaded is None:
-            raise ApiError(503, None, NO_MODEL_MESSAGE, headers={"Retry-After": "5"})
+            raise ServiceUnavailable(None, NO_MODEL_MESSAGE, retry_after=5)
         if version is not None and version != loaded.version:
-            raise ApiError(
-                404, field, f"version {version} is not served (serving version {loaded.version})"
+            raise NotServed(
+                field, f"version {version} is not served (serving version {loaded.version})"
             )
         return loaded
 
@@ -55,11 +55,11 @@ class Inference:
         known = list(loaded.model.tasks)
         if task is None:
             if not known:
-                raise ApiError(503, None, f"model version {loaded.version} has no task yet")
+                raise ServiceUnavailable(None, f"model version {loaded.version} has no task yet")
             return known[-1]
         if not isinstance(task, str) or task not in loaded.model.tasks:
-            raise ApiError(
-                422, field, f"unknown task {task!r}; model version {loaded.version} knows {known}"
+            raise UnknownTask(
+                field, f"unknown task {task!r}; model version {loaded.version} knows {known}"
             )
         return task
 

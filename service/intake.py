@@ -13,41 +13,33 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from mas.data import MAX_CLASSES, DataValidationError, validate_task_arrays, validate_task_name
+from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas_stream.records.job import JobParams, JobStatus
+from mas_stream.records.task import TaskOrigin
 from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore, parse_dataset_file, split_holdout
-from mas_stream.store.jobs import CANCELED, FAILED, JobQueue, new_job_id
+from mas_stream.store.jobs import JobQueue, new_job_id
 from mas_stream.store.registry import ModelRegistry
-from service.errors import ApiError
+from service.problems import InvalidValue, NameTaken
 from service.state import ServedModel
 
 # Job statuses after which a stored dataset trains nothing: its name is free again.
-ABANDONED = frozenset({FAILED, CANCELED})
+ABANDONED = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
 # Where the core's field names ("x", "y", "label") are, in each kind of upload.
 JSON_FIELDS = {"x": "inputs", "y": "labels"}
 FILE_FIELDS = {"x": "file.x", "y": "file.y", "label": "file.label"}
 
 
-class TrainingOptions(BaseModel):
-    """Optional per-task settings; what is left out comes from the trainer's settings."""
+class TrainingOptions(JobParams):
+    """The job's params as an upload gives them, refusing any other field."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
-    epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs.")
-    lambda_: float | None = Field(
-        None, alias="lambda", ge=0, allow_inf_nan=False, description="MAS penalty strength λ."
-    )
-    holdout_fraction: float | None = Field(
-        None, gt=0, lt=1, description="Share of each class held out for evaluation."
-    )
-    num_classes: int | None = Field(
-        None, ge=1, le=MAX_CLASSES, description="Classes of the task (default: largest label + 1)."
-    )
-
-    def job_params(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True)
+    def job_params(self) -> JobParams:
+        """Only the params: the JSON form's name and data stay out of the job's record."""
+        return JobParams.model_validate(self.model_dump(include=set(JobParams.model_fields)))
 
 
 class TaskUpload(TrainingOptions):
@@ -108,8 +100,8 @@ class TaskIntake:
         task = validate_task_name(name)
         with self._datasets.claimed(task) as held:
             if not held:
-                raise ApiError(
-                    409, "name", f"task {task!r} is being submitted right now; choose another name"
+                raise NameTaken(
+                    "name", f"task {task!r} is being submitted right now; choose another name"
                 )
             self._refuse_existing(task)
             x, y = read()
@@ -125,26 +117,24 @@ class TaskIntake:
                 inputs.numpy(), labels.numpy(), fraction, self._settings.seed
             )
             if len(y_holdout) == 0:
-                raise ApiError(
-                    422,
+                raise InvalidValue(
                     fields["y"],
                     "too few rows to hold any out for evaluation: give some class two rows or more",
                 )
             job_id = new_job_id()
-            meta: dict[str, Any] = {
-                "source": source,
-                "holdout_fraction": fraction,
-                "job_id": job_id,
-            }
-            if options.num_classes is not None:
-                meta["num_classes"] = options.num_classes
+            origin = TaskOrigin(
+                source=source,
+                holdout_fraction=fraction,
+                job_id=job_id,
+                num_classes=options.num_classes,
+            )
             self._datasets.save(
                 task,
                 x_train,
                 y_train,
                 x_holdout,
                 y_holdout,
-                meta,
+                origin,
                 alongside=lambda pipe: self._jobs.queue(pipe, job_id, task, options.job_params()),
             )
             return job_id
@@ -153,27 +143,26 @@ class TaskIntake:
         """A name is free again once its training job failed or was canceled, unless a version
         learned it anyway (published, then the job failed before activating it): the new upload
         then replaces the stored dataset instead of the name being burnt."""
-        learned = [m["version"] for m in self._registry.list_versions() if task in m["tasks"]]
+        learned = [m.version for m in self._registry.list_versions() if task in m.tasks]
         if learned:
-            raise ApiError(
-                409, "name", f"model version {learned[-1]} has learned task {task!r} already"
+            raise NameTaken(
+                "name", f"model version {learned[-1]} has learned task {task!r} already"
             )
         if not self._datasets.exists(task):
             return
         status = self._job_status(task)
         if status not in ABANDONED:
-            raise ApiError(
-                409,
+            raise NameTaken(
                 "name",
                 f"task {task!r} already exists (its job is {status or 'unknown'}); "
                 "choose another name",
             )
 
-    def _job_status(self, task: str) -> str | None:
+    def _job_status(self, task: str) -> JobStatus | None:
         """Status of the job that trains the stored dataset `task` (None: none recorded)."""
-        job_id = self._datasets.meta(task).get("job_id")
+        job_id = self._datasets.meta(task).job_id
         job = self._jobs.get(job_id) if job_id else None
-        return job["status"] if job else None
+        return job.status if job else None
 
     def _input_shape(self, task: str) -> list[int] | None:
         """The served model's, else the first stored dataset's that may still train (its model
@@ -184,7 +173,7 @@ class TaskIntake:
             return loaded.model.input_shape
         for name in self._datasets.names():
             if name != task and self._job_status(name) not in ABANDONED:
-                return self._datasets.meta(name)["input_shape"]
+                return self._datasets.meta(name).input_shape
         return None
 
     def _num_classes(self, options: TrainingOptions) -> int | None:
@@ -196,5 +185,5 @@ class TaskIntake:
         if not shared:
             return options.num_classes
         if options.num_classes is not None and options.num_classes > limit:
-            raise ApiError(422, "num_classes", f"the shared head has only {limit} classes")
+            raise InvalidValue("num_classes", f"the shared head has only {limit} classes")
         return options.num_classes or limit

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,14 +17,14 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mas_stream.records.job import JobStatus
 from mas_stream.store.jobs import JobQueue
 from service.forwarder import SampleForwarder
-from service.importance import ImportanceView
+from service.omega_summary import OmegaSummary
 from service.state import ServedModel
 
 log = logging.getLogger(__name__)
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 JOBS_SCANNED = 1000
 LAYER_SERIES = {
     "mean": "Mean Ω of the served version, per layer.",
@@ -80,7 +79,7 @@ class RuntimeCollector(Collector):
         served: ServedModel,
         forwarder: SampleForwarder,
         jobs: JobQueue,
-        importance: ImportanceView,
+        importance: OmegaSummary,
     ) -> None:
         self._served = served
         self._forwarder = forwarder
@@ -134,15 +133,14 @@ class RuntimeCollector(Collector):
             labels=["task"],
         )
         if loaded is not None:
-            for task, value in _task_accuracy(loaded.manifest).items():
+            for task, value in loaded.manifest.metrics.accuracy.items():
                 accuracy.add_metric([task], float(value))
         yield accuracy
 
     def _job_metrics(self) -> list[Metric]:
-        counts = dict.fromkeys(JOB_STATUSES, 0)
+        counts = dict.fromkeys(JobStatus, 0)
         for job in self._jobs.list(JOBS_SCANNED):
-            status = str(job.get("status"))
-            counts[status] = counts.get(status, 0) + 1
+            counts[job.status] += 1
         jobs = GaugeMetricFamily(
             "mas_jobs", f"Training jobs by status (latest {JOBS_SCANNED}).", labels=["status"]
         )
@@ -164,17 +162,14 @@ class RuntimeCollector(Collector):
         }
         loaded = self._served.current
         if loaded is not None:
-            for task, count in self._importance.counts(loaded.version)["tasks"].items():
+            for task, count in self._importance.counts(loaded.version).tasks.items():
                 samples.add_metric([task], float(count))
             for layer, values in self._importance.layers().items():
                 for stat, family in layer_families.items():
-                    if values[stat] is not None:
-                        family.add_metric([layer], float(values[stat]))
+                    value = values[stat]
+                    if value is not None:
+                        family.add_metric([layer], value)
         return [samples, *layer_families.values()]
-
-
-def _task_accuracy(manifest: dict[str, Any]) -> dict[str, float]:
-    return dict((manifest.get("metrics") or {}).get("accuracy") or {})
 
 
 class HttpMetricsMiddleware:

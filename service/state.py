@@ -13,14 +13,17 @@ import threading
 import time
 
 import redis
+import torch
+from redis.backoff import ExponentialBackoff
 
 from mas_stream.store.keys import Keys
 from mas_stream.store.registry import LoadedVersion, ModelRegistry
-from service.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 _LISTEN_SLICE_SECONDS = 0.1  # how long stop() may wait for the watcher
+_RETRY_FIRST_SECONDS = 0.05
+_MOST_DOUBLINGS = 32  # far beyond the cap; counted further, 2**failures overflows a float
 
 
 class ServedModel:
@@ -31,7 +34,7 @@ class ServedModel:
         keys: Keys,
         *,
         poll_seconds: float,
-        device: str,
+        device: str | torch.device,
     ) -> None:
         self._registry = registry
         self._client = client
@@ -82,16 +85,19 @@ class ServedModel:
         return loaded
 
     def _watch_forever(self) -> None:
-        backoff = Backoff(cap=max(self._poll_seconds, 0.05))
+        cap = max(self._poll_seconds, _RETRY_FIRST_SECONDS)
+        backoff = ExponentialBackoff(cap=cap, base=_RETRY_FIRST_SECONDS)
+        failures = 0
         while not self._stop.is_set():
             try:
                 self._listen()
             except Exception as error:
-                delay = backoff.next()
+                delay = backoff.compute(failures)
+                failures = min(failures + 1, _MOST_DOUBLINGS)
                 log.warning("model watcher: %s; retrying in %.2fs", error, delay)
                 self._stop.wait(delay)
             else:
-                backoff.reset()
+                failures = 0
 
     def _listen(self) -> None:
         with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:

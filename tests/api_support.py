@@ -11,6 +11,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import mas
+from mas_stream.records.job import OmegaSource
+from mas_stream.records.version import VersionInfo, VersionMetrics
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import redis_client
@@ -38,6 +40,17 @@ def registry_for(settings: Settings) -> tuple[ModelRegistry, redis.Redis]:
     return ModelRegistry(client, Keys(settings.key_prefix), settings.models_dir), client
 
 
+def version_info(task: str) -> VersionInfo:
+    """The trainer's record of how it made a version, for a version a test publishes."""
+    return VersionInfo(
+        task=task,
+        job_id="test",
+        lam=None,
+        omega=OmegaSource(source="none", samples=0),
+        retention_gate="published by a test",
+    )
+
+
 def publish(
     settings: Settings,
     tasks: dict[str, int],
@@ -56,8 +69,8 @@ def publish(
         version = registry.publish(
             model,
             parent=parent,
-            metrics={"accuracy": accuracy or {}},
-            info={"source": "test"},
+            metrics=VersionMetrics(accuracy=accuracy or {}),
+            info=version_info(list(tasks)[-1]),
             extra_tensors=extra_tensors,
         )
         if activate:

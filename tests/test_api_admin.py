@@ -15,6 +15,8 @@ import redis
 import torch
 
 import mas
+from mas_stream.records.job import JobStatus
+from mas_stream.records.omega import PartialCheckpoint
 from mas_stream.settings import Settings
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
@@ -157,11 +159,11 @@ def test_a_name_whose_job_failed_or_was_canceled_can_be_submitted_again(
 
     queue = JobQueue(redis_conn, keys)
     claimed = queue.claim("trainer", block_ms=1000, stale_ms=60_000)
-    assert claimed is not None and claimed["id"] == second.json()["job_id"]
+    assert claimed is not None and claimed.id == second.json()["job_id"]
     running = upload(api, "retry", npz(x, y))
     assert (running.status_code, running.json()["error"]["field"]) == (409, "name")
     assert "running" in running.json()["error"]["message"]
-    queue.finish(claimed["id"], "trainer", "failed", error="TrainingDiverged")
+    queue.finish(claimed.id, "trainer", JobStatus.FAILED, error="TrainingDiverged")
     assert upload(api, "retry", npz(x, y)).status_code == 202
     names = [t["name"] for t in httpx.get(f"{api.base}/v1/tasks").json()["tasks"]]
     assert names == ["retry"]
@@ -170,7 +172,7 @@ def test_a_name_whose_job_failed_or_was_canceled_can_be_submitted_again(
     unserved = publish(api.settings, {"t0": 3, "retry": 4}, parent=api.version, activate=False)
     third = queue.claim("trainer", block_ms=1000, stale_ms=60_000)
     assert third is not None
-    queue.finish(third["id"], "trainer", "failed", error="lease lost activating it")
+    queue.finish(third.id, "trainer", JobStatus.FAILED, error="lease lost activating it")
     learned = upload(api, "retry", npz(x, y))
     assert learned.status_code == 409
     assert f"version {unserved} has learned" in learned.json()["error"]["message"]
@@ -224,7 +226,10 @@ def test_importance_counts_and_layer_drift(
     accumulator.add(mas.importance_sums(served, inputs[20:], task="t1"), 10)
     store = OmegaStore(redis_conn, keys)
     store.load_partial(version, "w0")
-    assert store.commit({version: accumulator}, {version: {"t0": 20, "t1": 10}}, "w0", "c0", [])
+    checkpoint = PartialCheckpoint(
+        worker="w0", consumer="c0", task_counts={version: {"t0": 20, "t1": 10}}, entry_ids=()
+    )
+    assert store.commit({version: accumulator}, checkpoint)
     with run_api(settings) as base:
         report = httpx.get(f"{base}/v1/importance").json()
         assert report["served_version"] == version

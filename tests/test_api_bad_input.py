@@ -27,7 +27,8 @@ from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import redis_client
 from mas_stream.store.registry import LoadedVersion
 from service.batcher import MicroBatcher
-from service.errors import ApiError
+from service.errors import headers_of, status_of
+from service.problems import ServiceUnavailable
 from tests.api_support import SPEC, api_settings, metric, publish, rows, snapshot
 from tests.serving import run_api
 
@@ -340,15 +341,15 @@ def test_malformed_multipart(api: Api) -> None:
 def test_requests_cut_off_by_shutdown_are_told_to_retry() -> None:
     loaded = LoadedVersion(1, mas.build_model(SPEC, {"t0": 3}), {})
 
-    async def cut_off() -> ApiError:
+    async def cut_off() -> ServiceUnavailable:
         batcher = MicroBatcher(max_batch=8, max_wait_ms=0)  # not started: requests stay queued
         pending = asyncio.ensure_future(batcher.predict(loaded, "t0", torch.zeros(1, 8)))
         await asyncio.sleep(0)
         await batcher.stop()
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(ServiceUnavailable) as caught:
             await pending
         return caught.value
 
     error = asyncio.run(cut_off())
-    assert (error.status, error.headers) == (503, {"Retry-After": "1"})
+    assert (status_of(error), headers_of(error)) == (503, {"Retry-After": "1"})
     assert "shutting down" in error.message

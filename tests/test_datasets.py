@@ -15,6 +15,8 @@ import redis
 import torch
 
 from mas.data import DataValidationError
+from mas_stream.records.job import JobParams
+from mas_stream.records.task import TaskOrigin
 from mas_stream.store.datasets import (
     DatasetStore,
     UnknownDataset,
@@ -198,20 +200,21 @@ def test_store_round_trip(store: DatasetStore, tmp_path: Path) -> None:
     x, y = labelled({0: 10, 1: 10, 2: 5})
     parts = split_holdout(x, y, fraction=0.2, seed=0)
     before = time.time()
-    meta = store.save("digits-a", *parts, meta={"source": "upload.csv"})
+    meta = store.save("digits-a", *parts, origin=TaskOrigin(source="upload.csv"))
     assert store.exists("digits-a")
     assert store.meta("digits-a") == meta
-    assert meta["num_classes"] == 3
-    assert meta["input_shape"] == [2]
-    assert (meta["n_train"], meta["n_holdout"]) == (len(parts[1]), len(parts[3]))
-    assert meta["source"] == "upload.csv"
-    assert before <= meta["created_at"] <= time.time()
+    assert meta.num_classes == 3
+    assert meta.input_shape == [2]
+    assert (meta.n_train, meta.n_holdout) == (len(parts[1]), len(parts[3]))
+    assert meta.source == "upload.csv"
+    assert before <= meta.created_at <= time.time()
 
     loaded = store.load("digits-a")
     for key, expected in zip(("x_train", "y_train", "x_holdout", "y_holdout"), parts, strict=True):
-        assert loaded[key].dtype == (torch.float32 if key.startswith("x") else torch.int64)
-        np.testing.assert_array_equal(loaded[key].numpy(), expected)
-    assert loaded["meta"] == meta
+        split = getattr(loaded, key)
+        assert split.dtype == (torch.float32 if key.startswith("x") else torch.int64)
+        np.testing.assert_array_equal(split.numpy(), expected)
+    assert loaded.meta == meta
     assert sorted(p.name for p in (tmp_path / "datasets" / "digits-a").iterdir()) == [
         "holdout.npz",
         "train.npz",
@@ -221,16 +224,16 @@ def test_store_round_trip(store: DatasetStore, tmp_path: Path) -> None:
 def test_store_accepts_tensors_and_declared_num_classes(store: DatasetStore) -> None:
     x = torch.rand(6, 1, 2, 2)
     y = torch.tensor([0, 1, 0, 1, 0, 1])
-    meta = store.save("images", x[:4], y[:4], x[4:], y[4:], meta={"num_classes": 10})
-    assert meta["num_classes"] == 10
-    assert meta["input_shape"] == [1, 2, 2]
-    assert torch.equal(store.load("images")["x_train"], x[:4])
+    meta = store.save("images", x[:4], y[:4], x[4:], y[4:], origin=TaskOrigin(num_classes=10))
+    assert meta.num_classes == 10
+    assert meta.input_shape == [1, 2, 2]
+    assert torch.equal(store.load("images").x_train, x[:4])
 
 
 def test_store_names_in_creation_order(store: DatasetStore) -> None:
     x, y = labelled({0: 2, 1: 2})
     for name in ("zeta", "alpha", "mid"):
-        store.save(name, x, y, x[:1], y[:1], meta={})
+        store.save(name, x, y, x[:1], y[:1], origin=TaskOrigin())
     assert store.names() == ["zeta", "alpha", "mid"]
 
 
@@ -243,7 +246,7 @@ def test_store_unknown_and_invalid_names(store: DatasetStore) -> None:
         store.load("missing")
     x, y = labelled({0: 2})
     with pytest.raises(DataValidationError) as caught:
-        store.save("../escape", x, y, x, y, meta={})
+        store.save("../escape", x, y, x, y, origin=TaskOrigin())
     assert caught.value.field == "name"
 
 
@@ -257,18 +260,22 @@ def test_a_dataset_becomes_visible_only_with_what_is_stored_alongside(
     x, y = np.ones((4, 3), dtype=np.float32), np.array([0, 1, 0, 1])
 
     def queue_then_lose_redis(pipe: redis.client.Pipeline) -> None:
-        jobs.queue(pipe, new_job_id(), "lost", {})
+        jobs.queue(pipe, new_job_id(), "lost", JobParams())
         own_redis.stop()
 
     with pytest.raises(redis.ConnectionError):
-        store.save("lost", x, y, x, y, {}, alongside=queue_then_lose_redis)
+        store.save("lost", x, y, x, y, TaskOrigin(), alongside=queue_then_lose_redis)
     own_redis.start()
     assert not store.exists("lost")
     assert jobs.list(10) == []
     job_id = new_job_id()
-    store.save("lost", x, y, x, y, {}, alongside=lambda pipe: jobs.queue(pipe, job_id, "lost", {}))
+
+    def queue(pipe: redis.client.Pipeline) -> None:
+        jobs.queue(pipe, job_id, "lost", JobParams())
+
+    store.save("lost", x, y, x, y, TaskOrigin(), alongside=queue)
     assert store.exists("lost")
-    assert [job["id"] for job in jobs.list(10)] == [job_id]
+    assert [job.id for job in jobs.list(10)] == [job_id]
     client.close()
 
 

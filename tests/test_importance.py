@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import mas
-from mas.importance import negative_log_likelihood, per_sample_gradient_sums
+from mas.losses import negative_log_likelihood
+from mas.per_sample import per_sample_gradient_sums
 
 MLP = {"family": "mlp", "input_shape": [64], "hidden": [32, 16]}
 CNN = {"family": "cnn", "input_shape": [1, 8, 8], "channels": [4, 8], "hidden": [16]}

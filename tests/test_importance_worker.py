@@ -25,12 +25,15 @@ from sklearn.datasets import load_digits
 
 import mas
 from mas.drift import layer_summary
+from mas_stream.records.omega import OmegaCounts
+from mas_stream.records.sample import Sample
+from mas_stream.records.version import VersionMetrics
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
-from tests.api_support import wait_until
+from tests.api_support import version_info, wait_until
 from worker.importance import METRICS, ImportanceWorker
 
 
@@ -45,7 +48,7 @@ def one_thread() -> Iterator[None]:
 
 SPEC = {"family": "mlp", "input_shape": [64], "hidden": [32], "activation": "relu"}
 ROOT = Path(__file__).resolve().parents[1]
-Traffic = list[tuple[int, str, np.ndarray]]
+Traffic = list[Sample]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,10 @@ def digits() -> np.ndarray:
 def registry(redis_conn: redis.Redis, keys: Keys, tmp_path: Path) -> ModelRegistry:
     """v1 serves task a; v2 (other trunk parameters) serves a and b, with a boundary Ω."""
     registry = ModelRegistry(redis_conn, keys, tmp_path / "models")
-    v1 = registry.publish(mas.build_model(SPEC, {"a": 5}), parent=None, metrics={}, info={})
+    no_metrics = VersionMetrics(accuracy={})
+    v1 = registry.publish(
+        mas.build_model(SPEC, {"a": 5}), parent=None, metrics=no_metrics, info=version_info("a")
+    )
     model = mas.build_model(SPEC, {"a": 5, "b": 5})
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -68,7 +74,11 @@ def registry(redis_conn: redis.Redis, keys: Keys, tmp_path: Path) -> ModelRegist
         name: torch.rand(p.shape, generator=generator) for name, p in model.named_parameters()
     }
     v2 = registry.publish(
-        model, parent=v1, metrics={}, info={}, extra_tensors={"omega_boundary": boundary}
+        model,
+        parent=v1,
+        metrics=no_metrics,
+        info=version_info("b"),
+        extra_tensors={"omega_boundary": boundary},
     )
     registry.activate(v2)
     assert (v1, v2) == (1, 2)
@@ -92,7 +102,7 @@ def _traffic(digits: np.ndarray, plan: list[tuple[int, str]], entries: int, seed
     """Entries of 1 to 8 digit rows, cycling over the (version, task) plan."""
     rng = np.random.default_rng(seed)
     return [
-        (*plan[i % len(plan)], digits[rng.integers(0, len(digits), rng.integers(1, 9))])
+        Sample(*plan[i % len(plan)], digits[rng.integers(0, len(digits), rng.integers(1, 9))])
         for i in range(entries)
     ]
 
@@ -101,9 +111,9 @@ def _expected(registry: ModelRegistry, traffic: Traffic, version: int) -> dict[s
     """In float64, so the comparison measures the worker's rounding, not the reference's."""
     model = registry.load(version).model.double()
     by_task: dict[str, list[np.ndarray]] = {}
-    for v, task, rows in traffic:
-        if v == version:
-            by_task.setdefault(task, []).append(rows)
+    for sample in traffic:
+        if sample.version == version:
+            by_task.setdefault(sample.task, []).append(sample.rows)
     sums = [
         mas.importance_sums(model, torch.from_numpy(np.concatenate(rows)).double(), task=task)
         for task, rows in by_task.items()
@@ -122,16 +132,16 @@ def _assert_omega_matches(
             error = (merged.sums[name] - value).abs().max()
             assert error <= 1e-6 * value.abs().max(), (version, name, float(error))
         tasks: dict[str, int] = {}
-        for v, task, rows in traffic:
-            if v == version:
-                tasks[task] = tasks.get(task, 0) + len(rows)
-        assert omega.counts(version) == {"total": sum(tasks.values()), "tasks": tasks}
+        for sample in traffic:
+            if sample.version == version:
+                tasks[sample.task] = tasks.get(sample.task, 0) + len(sample.rows)
+        assert omega.counts(version) == OmegaCounts(total=sum(tasks.values()), tasks=tasks)
         assert merged.count == sum(tasks.values())
 
 
 def _drained(stream: SampleStream) -> bool:
     stats = stream.stats()
-    return stats["pending"] == 0 and stats["lag"] == 0
+    return stats.pending == 0 and stats.lag == 0
 
 
 def _drain(worker: ImportanceWorker, stream: SampleStream) -> None:
@@ -183,7 +193,7 @@ def test_worker_omega_equals_importance_sums_per_version_and_task(
     omega = OmegaStore(redis_conn, keys)
     assert omega.versions() == [1, 2]
     _assert_omega_matches(omega, registry, traffic, (1, 2))
-    rows = sum(len(r) for _, _, r in traffic)
+    rows = sum(len(sample.rows) for sample in traffic)
     assert _metric("mas_importance_samples_applied_total") - applied_before == rows
 
     # Gauges refresh at most once a second: the next loop after that publishes the current one's.
@@ -236,7 +246,7 @@ def test_corrupt_entries_and_unknown_versions_are_dead_lettered_not_counted(
     stream = SampleStream(redis_conn, keys, maxlen=100_000)
     stream.append_many(traffic[:10])
     corrupt = redis_conn.xadd(keys.samples, {"v": 2, "t": "a", "s": "2,64", "x": b"\x00" * 12})
-    unknown = stream.append_many([(99, "a", digits[:3])])
+    unknown = stream.append_many([Sample(99, "a", digits[:3])])
     assert unknown == 3
     stream.append_many(traffic[10:])
     settings = _settings(tmp_path, keys, dead_letter_after=2, claim_min_idle_ms=0)
@@ -265,7 +275,7 @@ def test_an_entry_whose_importance_overflows_is_dead_lettered_and_the_rest_count
     stream = SampleStream(redis_conn, keys, maxlen=100_000)
     stream.append_many(traffic[:3])
     huge = np.full((1, 64), 1e20, dtype=np.float32)
-    stream.append_many([(2, "a", huge)])
+    stream.append_many([Sample(2, "a", huge)])
     stream.append_many(traffic[3:])
     before = _metric("mas_importance_dead_lettered_total", reason="non_finite_importance")
 
@@ -284,7 +294,7 @@ def test_an_entry_delivered_too_often_is_dead_lettered_before_it_is_tried(
 ) -> None:
     stream = SampleStream(redis_conn, keys, maxlen=100_000)
     stream.ensure_group()
-    stream.append_many([(1, "a", digits[:2])])
+    stream.append_many([Sample(1, "a", digits[:2])])
     assert len(stream.read("crashed", count=10, block_ms=None)) == 1
     for crashed in ("c1", "c2"):  # consumers that took it over and died without a trace
         assert len(stream.claim_stale(crashed, min_idle_ms=0, count=10)) == 1
@@ -400,14 +410,14 @@ def test_sigkilled_workers_still_count_every_sample_exactly_once(
     spawn: Callable[[str], subprocess.Popen],
 ) -> None:
     traffic = _traffic(digits, [(1, "a"), (2, "a"), (2, "b")], entries=1200, seed=4)
-    assert sum(len(rows) for _, _, rows in traffic) > 4000
+    assert sum(len(sample.rows) for sample in traffic) > 4000
     stream = SampleStream(redis_conn, keys, maxlen=100_000)
     omega = OmegaStore(redis_conn, keys)
 
     def committed() -> int:
-        return omega.counts(1)["total"] + omega.counts(2)["total"]
+        return omega.counts(1).total + omega.counts(2).total
 
-    rows = sum(len(r) for _, _, r in traffic)
+    rows = sum(len(sample.rows) for sample in traffic)
     stream.append_many(traffic)
     process = spawn("c0")
     in_flight = 0

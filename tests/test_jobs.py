@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
 
 import pytest
 import redis
 
 from mas.training import Progress
+from mas_stream.records.job import Job, JobParams, JobResult, JobStatus, OmegaSource
 from mas_stream.store.codec import as_text
 from mas_stream.store.jobs import JobQueue, UnknownJob
 from mas_stream.store.keys import Keys
 
 STALE_MS = 200
+NO_PARAMS = JobParams()
 
 
 @pytest.fixture
@@ -21,7 +23,18 @@ def queue(redis_conn: redis.Redis, keys: Keys) -> JobQueue:
     return JobQueue(redis_conn, keys)
 
 
-def record_of(queue: JobQueue, job_id: str) -> dict[str, Any]:
+def result_of_version(version: int) -> JobResult:
+    return JobResult(
+        version=version,
+        parent=None,
+        activated=True,
+        reason="first task: nothing to retain",
+        accuracy_after={"digits": 0.9},
+        omega=OmegaSource(source="none", samples=0),
+    )
+
+
+def record_of(queue: JobQueue, job_id: str) -> Job:
     record = queue.get(job_id)
     assert record is not None
     return record
@@ -30,7 +43,7 @@ def record_of(queue: JobQueue, job_id: str) -> dict[str, Any]:
 def claimed_id(queue: JobQueue, consumer: str) -> str:
     record = queue.claim(consumer, block_ms=100, stale_ms=60_000)
     assert record is not None
-    return str(record["id"])
+    return record.id
 
 
 def pending_count(redis_conn: redis.Redis, keys: Keys) -> int:
@@ -39,58 +52,51 @@ def pending_count(redis_conn: redis.Redis, keys: Keys) -> int:
 
 def test_submitted_job_record_has_decoded_types(queue: JobQueue) -> None:
     before = time.time()
-    job_id = queue.submit("digits", {"epochs": 2, "lr": 0.1})
+    job_id = queue.submit("digits", JobParams(epochs=2, lam=0.1))
     record = queue.get(job_id)
     assert record is not None
     assert len(job_id) == 32
-    assert record["id"] == job_id
-    assert record["task"] == "digits"
-    assert record["params"] == {"epochs": 2, "lr": 0.1}
-    assert record["status"] == "queued"
-    assert record["progress"] == 0.0
-    assert (record["epoch"], record["step"], record["total_steps"], record["attempts"]) == (
-        0,
-        0,
-        0,
-        0,
-    )
-    assert before <= record["created_at"] <= time.time()
-    assert record["started_at"] is None and record["finished_at"] is None
-    assert record["loss"] is None and record["result"] is None and record["error"] is None
-    assert record["worker"] is None
-    assert record["cancel_requested"] is False
+    assert record.id == job_id
+    assert record.task == "digits"
+    assert record.params == JobParams(epochs=2, lam=0.1)
+    assert record.status == "queued"
+    assert record.progress == 0.0
+    assert (record.epoch, record.step, record.total_steps, record.attempts) == (0, 0, 0, 0)
+    assert before <= record.created_at <= time.time()
+    assert record.started_at is None and record.finished_at is None
+    assert record.loss is None and record.result is None and record.error is None
+    assert record.worker is None
+    assert record.cancel_requested is False
     assert queue.get("0" * 32) is None
 
 
 def test_lifecycle_claim_progress_finish(
     queue: JobQueue, redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    job_id = queue.submit("digits", {})
+    job_id = queue.submit("digits", NO_PARAMS)
     claimed = queue.claim("trainer-1", block_ms=100, stale_ms=60_000)
     assert claimed is not None
-    assert claimed["id"] == job_id
-    assert claimed["status"] == "running"
-    assert claimed["worker"] == "trainer-1"
-    assert claimed["attempts"] == 1
-    assert claimed["started_at"] is not None
-    assert "interrupted_worker" not in claimed
+    assert claimed.id == job_id
+    assert claimed.status == "running"
+    assert claimed.worker == "trainer-1"
+    assert claimed.attempts == 1
+    assert claimed.started_at is not None
+    assert claimed.interrupted_worker is None
 
     assert queue.progress(job_id, "trainer-1", Progress(epoch=1, step=5, total_steps=20, loss=0.75))
     running = queue.get(job_id)
     assert running is not None
-    assert (running["progress"], running["epoch"], running["step"]) == (0.25, 1, 5)
-    assert (running["total_steps"], running["loss"]) == (20, 0.75)
+    assert (running.progress, running.epoch, running.step) == (0.25, 1, 5)
+    assert (running.total_steps, running.loss) == (20, 0.75)
     assert queue.heartbeat(job_id, "trainer-1") is True
 
-    assert queue.finish(
-        job_id, "trainer-1", "succeeded", result={"version": 4, "accuracy": {"digits": 0.9}}
-    )
+    assert queue.finish(job_id, "trainer-1", JobStatus.SUCCEEDED, result=result_of_version(4))
     done = queue.get(job_id)
     assert done is not None
-    assert done["status"] == "succeeded"
-    assert done["progress"] == 1.0
-    assert done["result"] == {"version": 4, "accuracy": {"digits": 0.9}}
-    assert done["finished_at"] >= done["started_at"]
+    assert done.status == "succeeded"
+    assert done.progress == 1.0
+    assert done.result == result_of_version(4)
+    assert done.finished_at >= done.started_at
     assert pending_count(redis_conn, keys) == 0
     assert redis_conn.xlen(keys.jobs) == 0, "a finished job's delivery leaves the stream"
     assert queue.claim("trainer-1", block_ms=0, stale_ms=0) is None
@@ -98,12 +104,12 @@ def test_lifecycle_claim_progress_finish(
 
 
 def test_failed_job_keeps_error(queue: JobQueue) -> None:
-    job_id = queue.submit("digits", {})
+    job_id = queue.submit("digits", NO_PARAMS)
     assert queue.claim("trainer-1", block_ms=100, stale_ms=60_000) is not None
-    queue.finish(job_id, "trainer-1", "failed", error="labels out of range")
+    queue.finish(job_id, "trainer-1", JobStatus.FAILED, error="labels out of range")
     record = queue.get(job_id)
     assert record is not None
-    assert (record["status"], record["error"], record["result"]) == (
+    assert (record.status, record.error, record.result) == (
         "failed",
         "labels out of range",
         None,
@@ -111,13 +117,13 @@ def test_failed_job_keeps_error(queue: JobQueue) -> None:
 
 
 def test_finish_refuses_non_final_status(queue: JobQueue) -> None:
-    job_id = queue.submit("digits", {})
+    job_id = queue.submit("digits", NO_PARAMS)
     with pytest.raises(ValueError, match="final status"):
-        queue.finish(job_id, "trainer-1", "running")
+        queue.finish(job_id, "trainer-1", JobStatus.RUNNING)
 
 
 def test_claim_is_fifo_and_times_out_when_empty(queue: JobQueue) -> None:
-    first, second = queue.submit("a", {}), queue.submit("b", {})
+    first, second = queue.submit("a", NO_PARAMS), queue.submit("b", NO_PARAMS)
     assert claimed_id(queue, "t") == first
     assert claimed_id(queue, "t") == second
     started = time.monotonic()
@@ -128,32 +134,32 @@ def test_claim_is_fifo_and_times_out_when_empty(queue: JobQueue) -> None:
 def test_cancel_queued_job_is_immediate_and_never_delivered(
     queue: JobQueue, redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    canceled = queue.submit("a", {})
-    kept = queue.submit("b", {})
+    canceled = queue.submit("a", NO_PARAMS)
+    kept = queue.submit("b", NO_PARAMS)
     record = queue.request_cancel(canceled)
-    assert record["status"] == "canceled"
-    assert record["finished_at"] is not None
+    assert record.status == "canceled"
+    assert record.finished_at is not None
 
     claimed = queue.claim("t", block_ms=100, stale_ms=60_000)
-    assert claimed is not None and claimed["id"] == kept
-    assert record_of(queue, canceled)["status"] == "canceled"
+    assert claimed is not None and claimed.id == kept
+    assert record_of(queue, canceled).status == "canceled"
     assert pending_count(redis_conn, keys) == 1  # the skipped entry was acknowledged
     assert redis_conn.xlen(keys.jobs) == 1  # and deleted: only the running job's remains
 
 
 def test_cancel_running_job_sets_flag_and_trainer_finishes_it(queue: JobQueue) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     assert queue.claim("t", block_ms=100, stale_ms=60_000) is not None
     record = queue.request_cancel(job_id)
-    assert (record["status"], record["cancel_requested"]) == ("running", True)
-    queue.finish(job_id, "t", "canceled", error="canceled by request")
-    assert record_of(queue, job_id)["status"] == "canceled"
+    assert (record.status, record.cancel_requested) == ("running", True)
+    queue.finish(job_id, "t", JobStatus.CANCELED, error="canceled by request")
+    assert record_of(queue, job_id).status == "canceled"
 
 
 def test_cancel_finished_job_changes_nothing(queue: JobQueue) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     queue.claim("t", block_ms=100, stale_ms=60_000)
-    queue.finish(job_id, "t", "succeeded", result={})
+    queue.finish(job_id, "t", JobStatus.SUCCEEDED, result=result_of_version(1))
     before = queue.get(job_id)
     assert queue.request_cancel(job_id) == before
 
@@ -166,22 +172,22 @@ def test_cancel_unknown_job(queue: JobQueue) -> None:
 def test_stale_running_job_is_reclaimed_by_another_trainer(
     queue: JobQueue, redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     assert queue.claim("dead-trainer", block_ms=100, stale_ms=STALE_MS) is not None
     assert queue.claim("live-trainer", block_ms=0, stale_ms=STALE_MS) is None  # still fresh
 
     time.sleep(STALE_MS * 1.5 / 1000)
     reclaimed = queue.claim("live-trainer", block_ms=0, stale_ms=STALE_MS)
     assert reclaimed is not None
-    assert reclaimed["id"] == job_id
-    assert reclaimed["interrupted_worker"] == "dead-trainer"
-    assert reclaimed["worker"] == "live-trainer"
-    assert reclaimed["attempts"] == 2
+    assert reclaimed.id == job_id
+    assert reclaimed.interrupted_worker == "dead-trainer"
+    assert reclaimed.worker == "live-trainer"
+    assert reclaimed.attempts == 2
     assert queue.heartbeat(job_id, "dead-trainer") is False  # it lost the job
     assert queue.heartbeat(job_id, "live-trainer") is True
 
     queue.finish(
-        job_id, "live-trainer", "failed", error="trainer dead-trainer died during training"
+        job_id, "live-trainer", JobStatus.FAILED, error="trainer dead-trainer died during training"
     )
     assert pending_count(redis_conn, keys) == 0
 
@@ -189,23 +195,25 @@ def test_stale_running_job_is_reclaimed_by_another_trainer(
 def test_a_trainer_that_lost_its_job_can_neither_report_progress_nor_finish_it(
     queue: JobQueue, redis_conn: redis.Redis, keys: Keys
 ) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     assert queue.claim("slow-trainer", block_ms=100, stale_ms=STALE_MS) is not None
     time.sleep(STALE_MS * 1.5 / 1000)
     assert queue.claim("live-trainer", block_ms=0, stale_ms=STALE_MS) is not None
     step = Progress(epoch=1, step=5, total_steps=20, loss=0.75)
 
     assert queue.progress(job_id, "slow-trainer", step) is False
-    assert queue.finish(job_id, "slow-trainer", "succeeded", result={"version": 9}) is False
-    assert record_of(queue, job_id)["step"] == 0
-    assert (record_of(queue, job_id)["status"], pending_count(redis_conn, keys)) == ("running", 1)
+    succeeded = JobStatus.SUCCEEDED
+    assert queue.finish(job_id, "slow-trainer", succeeded, result=result_of_version(9)) is False
+    assert record_of(queue, job_id).step == 0
+    assert (record_of(queue, job_id).status, pending_count(redis_conn, keys)) == ("running", 1)
 
-    assert queue.finish(job_id, "live-trainer", "failed", error="slow-trainer stopped") is True
-    assert queue.finish(job_id, "slow-trainer", "succeeded", result={"version": 9}) is False
-    assert queue.finish(job_id, "live-trainer", "succeeded", result={"version": 9}) is False
+    failed = JobStatus.FAILED
+    assert queue.finish(job_id, "live-trainer", failed, error="slow-trainer stopped") is True
+    assert queue.finish(job_id, "slow-trainer", succeeded, result=result_of_version(9)) is False
+    assert queue.finish(job_id, "live-trainer", succeeded, result=result_of_version(9)) is False
     assert queue.progress(job_id, "live-trainer", step) is False
     record = record_of(queue, job_id)
-    assert (record["status"], record["error"], record["result"]) == (
+    assert (record.status, record.error, record.result) == (
         "failed",
         "slow-trainer stopped",
         None,
@@ -214,7 +222,7 @@ def test_a_trainer_that_lost_its_job_can_neither_report_progress_nor_finish_it(
 
 def test_a_stale_job_behind_many_live_ones_is_reclaimed(queue: JobQueue) -> None:
     """XAUTOCLAIM looks at ten pending entries per step; the scan must go past them."""
-    job_ids = [queue.submit(f"t{i}", {}) for i in range(13)]
+    job_ids = [queue.submit(f"t{i}", NO_PARAMS) for i in range(13)]
     for index, job_id in enumerate(job_ids):
         assert claimed_id(queue, f"trainer-{index}") == job_id
     for _ in range(3):
@@ -223,7 +231,7 @@ def test_a_stale_job_behind_many_live_ones_is_reclaimed(queue: JobQueue) -> None
             assert queue.heartbeat(job_id, f"trainer-{index}") is True
     reclaimed = queue.claim("new-trainer", block_ms=0, stale_ms=STALE_MS)
     assert reclaimed is not None
-    assert (reclaimed["id"], reclaimed["interrupted_worker"]) == (job_ids[-1], "trainer-12")
+    assert (reclaimed.id, reclaimed.interrupted_worker) == (job_ids[-1], "trainer-12")
 
 
 def test_trainers_gone_are_forgotten_once_they_hold_no_job(
@@ -231,9 +239,9 @@ def test_trainers_gone_are_forgotten_once_they_hold_no_job(
 ) -> None:
     """Each trainer process claims under a new consumer name; the group forgets the ones that
     hold no job and have been idle for the lease, so it does not grow with every restart."""
-    finished_id, job_id = queue.submit("a", {}), queue.submit("b", {})
+    finished_id, job_id = queue.submit("a", NO_PARAMS), queue.submit("b", NO_PARAMS)
     assert claimed_id(queue, "finished") == finished_id
-    assert queue.finish(finished_id, "finished", "succeeded") is True
+    assert queue.finish(finished_id, "finished", JobStatus.SUCCEEDED) is True
     assert claimed_id(queue, "crashed") == job_id
 
     def trainers() -> set[str]:
@@ -242,52 +250,74 @@ def test_trainers_gone_are_forgotten_once_they_hold_no_job(
     assert trainers() == {"finished", "crashed"}
     time.sleep(STALE_MS * 1.5 / 1000)
     reclaimed = queue.claim("alive", block_ms=0, stale_ms=STALE_MS)
-    assert reclaimed is not None and reclaimed["interrupted_worker"] == "crashed"
+    assert reclaimed is not None and reclaimed.interrupted_worker == "crashed"
     assert trainers() == {"alive"}
     assert queue.heartbeat(job_id, "crashed") is False
     assert trainers() == {"alive"}
 
 
 def test_heartbeat_keeps_a_running_job_from_being_reclaimed(queue: JobQueue) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     assert queue.claim("busy", block_ms=100, stale_ms=STALE_MS) is not None
     for _ in range(4):
         time.sleep(STALE_MS / 2 / 1000)
         assert queue.heartbeat(job_id, "busy") is True
         assert queue.claim("other", block_ms=0, stale_ms=STALE_MS) is None
-    assert record_of(queue, job_id)["worker"] == "busy"
+    assert record_of(queue, job_id).worker == "busy"
 
 
 def test_stale_job_with_cancel_request_is_canceled_not_rerun(queue: JobQueue) -> None:
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     queue.claim("dead", block_ms=100, stale_ms=STALE_MS)
     queue.request_cancel(job_id)
     time.sleep(STALE_MS * 1.5 / 1000)
     assert queue.claim("other", block_ms=0, stale_ms=STALE_MS) is None
     record = queue.get(job_id)
     assert record is not None
-    assert (record["status"], record["worker"]) == ("canceled", "dead")
+    assert (record.status, record.worker) == ("canceled", "dead")
 
 
 def test_delivered_but_never_started_job_is_reclaimed_as_fresh(
     queue: JobQueue, redis_conn: redis.Redis, keys: Keys
 ) -> None:
     """A trainer that died between reading the stream and starting the job interrupted nothing."""
-    job_id = queue.submit("a", {})
+    job_id = queue.submit("a", NO_PARAMS)
     queue.claim("other", block_ms=0, stale_ms=STALE_MS)  # creates the group; starts job_id
-    queue.finish(job_id, "other", "succeeded")
-    fresh = queue.submit("b", {})
+    queue.finish(job_id, "other", JobStatus.SUCCEEDED)
+    fresh = queue.submit("b", NO_PARAMS)
     redis_conn.xreadgroup(keys.jobs_group, "crashed", {keys.jobs: ">"}, count=1)
     time.sleep(STALE_MS * 1.5 / 1000)
     record = queue.claim("other", block_ms=0, stale_ms=STALE_MS)
     assert record is not None
-    assert (record["id"], record["attempts"]) == (fresh, 1)
-    assert "interrupted_worker" not in record
+    assert (record.id, record.attempts) == (fresh, 1)
+    assert record.interrupted_worker is None
 
 
 def test_list_is_newest_first_and_limited(queue: JobQueue) -> None:
-    job_ids = [queue.submit(f"task-{i}", {"i": i}) for i in range(4)]
+    job_ids = [queue.submit(f"task-{i}", JobParams(epochs=i + 1)) for i in range(4)]
     listed = queue.list(limit=3)
-    assert [record["id"] for record in listed] == job_ids[::-1][:3]
-    assert listed[0]["params"] == {"i": 3}
-    assert queue.list(limit=10)[-1]["id"] == job_ids[0]
+    assert [record.id for record in listed] == job_ids[::-1][:3]
+    assert listed[0].params == JobParams(epochs=4)
+    assert queue.list(limit=10)[-1].id == job_ids[0]
+
+
+def test_the_hash_holds_json_without_the_fields_a_result_never_had(
+    queue: JobQueue, redis_conn: redis.Redis, keys: Keys
+) -> None:
+    job_id = queue.submit("digits", JobParams(lam=2.5))
+    queue.claim("t", block_ms=100, stale_ms=60_000)
+    recovered = result_of_version(3).model_copy(update={"recovered": "trainer x stopped"})
+    assert queue.finish(job_id, "t", JobStatus.SUCCEEDED, result=recovered)
+    stored = {as_text(k): as_text(v) for k, v in redis_conn.hgetall(keys.job(job_id)).items()}
+    assert json.loads(stored["params"]) == {"lambda": 2.5}
+    assert sorted(json.loads(stored["result"])) == [
+        "accuracy_after",
+        "activated",
+        "omega",
+        "parent",
+        "reason",
+        "recovered",
+        "version",
+    ]
+    assert json.loads(stored["result"])["omega"] == {"source": "none", "samples": 0}
+    assert record_of(queue, job_id).result == recovered

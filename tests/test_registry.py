@@ -13,10 +13,15 @@ import redis
 import torch
 
 from mas.model import MultiHeadNet, build_model
+from mas_stream.records.version import VersionMetrics
 from mas_stream.store.keys import Keys
+from mas_stream.store.model_files import MANIFEST_FILE, read_manifest
 from mas_stream.store.registry import ModelRegistry, UnknownVersion
+from tests.api_support import version_info
 
 SPEC = {"family": "mlp", "input_shape": [6], "hidden": [8]}
+INFO = version_info("a")
+NO_METRICS = VersionMetrics(accuracy={})
 
 
 @pytest.fixture
@@ -33,7 +38,7 @@ def model_with(tasks: dict[str, int], fill: float) -> MultiHeadNet:
 
 
 def publish(registry: ModelRegistry, model: MultiHeadNet, parent: int | None = None) -> int:
-    return registry.publish(model, parent=parent, metrics={"accuracy": {}}, info={"note": "test"})
+    return registry.publish(model, parent=parent, metrics=NO_METRICS, info=INFO)
 
 
 def file_snapshot(directory: Path) -> dict[str, bytes]:
@@ -46,13 +51,13 @@ def test_publish_allocates_increasing_versions_without_activating(registry: Mode
     assert (first, second) == (1, 2)
     assert registry.current_version() is None
     manifest = registry.manifest(second)
-    assert manifest["version"] == 2
-    assert manifest["parent"] == 1
-    assert manifest["tasks"] == {"a": 2, "b": 3}
-    assert manifest["spec"]["family"] == "mlp"
-    assert manifest["metrics"] == {"accuracy": {}}
-    assert manifest["info"] == {"note": "test"}
-    assert manifest["created_at"] <= time.time()
+    assert manifest.version == 2
+    assert manifest.parent == 1
+    assert manifest.tasks == {"a": 2, "b": 3}
+    assert manifest.spec["family"] == "mlp"
+    assert manifest.metrics == VersionMetrics(accuracy={})
+    assert manifest.info == INFO
+    assert manifest.created_at <= time.time()
 
 
 def test_published_version_is_immutable_and_leaves_no_staging(
@@ -135,8 +140,8 @@ def test_list_versions_sorted_with_current_flag(registry: ModelRegistry) -> None
     versions = [publish(registry, model_with({"a": 2}, fill)) for fill in (0.1, 0.2, 0.3)]
     registry.activate(versions[1])
     listed = registry.list_versions()
-    assert [entry["version"] for entry in listed] == versions
-    assert [entry["current"] for entry in listed] == [False, True, False]
+    assert [entry.version for entry in listed] == versions
+    assert [entry.current for entry in listed] == [False, True, False]
 
 
 def test_unknown_version_errors_and_pointer_unchanged(registry: ModelRegistry) -> None:
@@ -158,8 +163,8 @@ def test_extra_tensors_stored_with_the_version(registry: ModelRegistry) -> None:
     version = registry.publish(
         model_with({"a": 2}, 0.1),
         parent=None,
-        metrics={},
-        info={},
+        metrics=NO_METRICS,
+        info=INFO,
         extra_tensors={"omega_consolidated": omega},
     )
     stored = registry.extra_tensors(version, "omega_consolidated")
@@ -175,7 +180,7 @@ def test_lost_counter_never_overwrites_a_published_version(
     publish(registry, model_with({"a": 2}, 0.2))
     redis_conn.delete(keys.next_version)
     assert publish(registry, model_with({"a": 2}, 0.3)) == 3
-    assert registry.manifest(1)["version"] == 1
+    assert registry.manifest(1).version == 1
 
 
 def test_failed_publish_leaves_nothing_behind(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -183,9 +188,34 @@ def test_failed_publish_leaves_nothing_behind(registry: ModelRegistry, tmp_path:
         registry.publish(
             model_with({"a": 2}, 0.1),
             parent=None,
-            metrics={},
-            info={},
+            metrics=NO_METRICS,
+            info=INFO,
             extra_tensors={"../bad": {"x": torch.ones(1)}},
         )
     assert os.listdir(tmp_path / "models") == []
     assert registry.list_versions() == []
+
+
+def test_a_manifest_written_before_the_gate_verdict_loads_and_dumps_unchanged(
+    tmp_path: Path,
+) -> None:
+    """Existing data directories stay readable: JSON names (`lambda`) and absent fields kept."""
+    written = {
+        "version": 3,
+        "parent": 2,
+        "created_at": 1700000000.5,
+        "metrics": {"accuracy": {"a": 0.9, "b": 0.75}},
+        "info": {
+            "task": "b",
+            "job_id": "0123",
+            "lambda": 2.0,
+            "omega": {"source": "data", "samples": 40, "traffic_samples": 0},
+            "retention_gate": "largest drop 0.0100 on task a is within 0.0500",
+        },
+        "spec": SPEC,
+        "tasks": {"a": 2, "b": 3},
+    }
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(written), encoding="utf-8")
+    manifest = read_manifest(tmp_path)
+    assert (manifest.info.lam, manifest.info.retention_gate_passed) == (2.0, None)
+    assert manifest.to_json() == written

@@ -9,9 +9,10 @@ import pytest
 import redis
 import torch
 
+from mas_stream.records.sample import CorruptSample, Sample, StreamEntry, StreamStats
 from mas_stream.store.codec import as_text
 from mas_stream.store.keys import Keys
-from mas_stream.store.samples import CorruptSample, SampleStream, StreamEntry, decode
+from mas_stream.store.samples import SampleStream
 
 
 @pytest.fixture
@@ -26,22 +27,26 @@ def _rows(n: int, *shape: int, seed: int = 0) -> np.ndarray:
 
 
 def test_round_trip_of_versions_tasks_and_shapes(stream: SampleStream) -> None:
-    items = [(1, "a", _rows(3, 64)), (2, "b", _rows(1, 1, 8, 8, seed=1)), (2, "a", _rows(5, 64))]
+    items = [
+        Sample(1, "a", _rows(3, 64)),
+        Sample(2, "b", _rows(1, 1, 8, 8, seed=1)),
+        Sample(2, "a", _rows(5, 64)),
+    ]
     assert stream.append_many(items) == 9
     entries = stream.read("c1", count=10, block_ms=None)
     assert [e.deliveries for e in entries] == [1, 1, 1]
-    for entry, (version, task, rows) in zip(entries, items, strict=True):
-        sample = decode(entry)
-        assert (sample.entry_id, sample.version, sample.task) == (entry.entry_id, version, task)
+    for entry, sent in zip(entries, items, strict=True):
+        sample = entry.sample()
+        assert (sample.version, sample.task) == (sent.version, sent.task)
         assert sample.inputs.dtype == torch.float32
-        assert torch.equal(sample.inputs, torch.from_numpy(rows))
+        assert torch.equal(sample.inputs, torch.from_numpy(sent.rows))
 
 
 def test_append_rejects_rows_without_a_batch_dimension(stream: SampleStream, keys: Keys) -> None:
     for bad in (np.zeros(64, np.float32), np.zeros((0, 64), np.float32)):
         with pytest.raises(ValueError, match=r"\[n, \.\.\.\]"):
-            stream.append_many([(1, "a", _rows(2, 64)), (1, "a", bad)])
-    assert stream.stats()["length"] == 0
+            stream.append_many([Sample(1, "a", _rows(2, 64)), Sample(1, "a", bad)])
+    assert stream.stats().length == 0
 
 
 def test_ensure_group_twice_is_fine(stream: SampleStream) -> None:
@@ -51,9 +56,9 @@ def test_ensure_group_twice_is_fine(stream: SampleStream) -> None:
 def test_own_pending_entries_come_back_first_after_a_restart(
     redis_conn: redis.Redis, keys: Keys, stream: SampleStream
 ) -> None:
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     before = [e.entry_id for e in stream.read("c1", count=2, block_ms=None)]
-    stream.append_many([(1, "a", _rows(1, 4, seed=9))])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=9))])
 
     restarted = SampleStream(redis_conn, keys, maxlen=10_000)
     backlog = restarted.read("c1", count=10, block_ms=None)
@@ -68,7 +73,7 @@ def test_own_pending_entries_come_back_first_after_a_restart(
 
 
 def test_claim_stale_takes_over_a_dead_consumers_entries(stream: SampleStream) -> None:
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     read = [e.entry_id for e in stream.read("dead", count=10, block_ms=None)]
     assert stream.claim_stale("alive", min_idle_ms=60_000, count=10) == []
     claimed = stream.claim_stale("alive", min_idle_ms=0, count=10)
@@ -90,7 +95,7 @@ def test_claim_stale_forgets_consumers_left_with_nothing(
 ) -> None:
     """Each worker process reads under a new consumer name: without pruning, the group would keep
     one consumer per process start forever. A consumer is forgotten only once it holds nothing."""
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     (done,) = stream.read("finished", count=1, block_ms=None)
     stream.dead_letter(done.entry_id, done.fields, "corrupt: test")
     stream.read("crashed", count=10, block_ms=None)
@@ -109,7 +114,7 @@ def test_claim_stale_forgets_consumers_left_with_nothing(
 def test_keep_hides_entries_in_hand_from_claim_stale_without_counting_a_delivery(
     stream: SampleStream,
 ) -> None:
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     first, second, third = (e.entry_id for e in stream.read("busy", count=10, block_ms=None))
     time.sleep(0.6)
     assert [e.entry_id for e in stream.claim_stale("other", min_idle_ms=500, count=1)] == [first]
@@ -129,7 +134,7 @@ def test_keep_leaves_entries_trimmed_from_the_stream_pending(
 ) -> None:
     """Redis 7's XCLAIM would drop a trimmed id from the pending list, and the commit that must
     acknowledge it would then be refused; keep does not touch such ids."""
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     first, second, third = (e.entry_id for e in stream.read("busy", count=10, block_ms=None))
     redis_conn.xdel(keys.samples, first)
     assert stream.keep("busy", [first, second, third]) == 2
@@ -139,7 +144,7 @@ def test_keep_leaves_entries_trimmed_from_the_stream_pending(
 def test_a_trimmed_pending_entry_surfaces_with_no_fields(
     redis_conn: redis.Redis, keys: Keys, stream: SampleStream
 ) -> None:
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(2)])
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(2)])
     first, _ = stream.read("dead", count=10, block_ms=None)
     redis_conn.xdel(keys.samples, first.entry_id)
     # Redis 7 names a trimmed entry in XAUTOCLAIM's reply; Redis 6 shows it in the backlog scan.
@@ -148,7 +153,7 @@ def test_a_trimmed_pending_entry_surfaces_with_no_fields(
     trimmed = [e for e in seen if e.entry_id == first.entry_id]
     assert trimmed and trimmed[0].fields == {}
     with pytest.raises(CorruptSample, match="trimmed"):
-        decode(trimmed[0])
+        trimmed[0].sample()
 
 
 def _entry(**fields: bytes) -> StreamEntry:
@@ -171,18 +176,18 @@ def _entry(**fields: bytes) -> StreamEntry:
     ],
 )
 def test_decode_names_what_is_wrong(fields: dict[str, bytes], problem: str) -> None:
-    assert decode(_entry()).inputs.shape == (2, 2)
+    assert _entry().sample().inputs.shape == (2, 2)
     with pytest.raises(CorruptSample, match=problem):
-        decode(_entry(**fields))
+        _entry(**fields).sample()
 
 
 def test_dead_letter_keeps_the_entry_with_its_reason_and_acks_it(
     redis_conn: redis.Redis, keys: Keys, stream: SampleStream
 ) -> None:
-    stream.append_many([(1, "a", _rows(1, 4))])
+    stream.append_many([Sample(1, "a", _rows(1, 4))])
     (entry,) = stream.read("c1", count=10, block_ms=None)
     stream.dead_letter(entry.entry_id, entry.fields, "corrupt: bad")
-    assert stream.stats()["pending"] == 0
+    assert stream.stats().pending == 0
     ((_, fields),) = redis_conn.xrange(keys.samples_dead)
     assert fields[b"reason"] == b"corrupt: bad"
     assert fields[b"entry"] == entry.entry_id.encode()
@@ -190,22 +195,22 @@ def test_dead_letter_keeps_the_entry_with_its_reason_and_acks_it(
 
 
 def test_stats_report_length_pending_and_lag(stream: SampleStream) -> None:
-    assert stream.stats() == {"length": 0, "pending": 0, "lag": 0}
-    stream.append_many([(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
+    assert stream.stats() == StreamStats(length=0, pending=0, lag=0)
+    stream.append_many([Sample(1, "a", _rows(1, 4, seed=i)) for i in range(3)])
     stats = stream.stats()
-    assert (stats["length"], stats["pending"]) == (3, 0)
-    assert stats["lag"] in (3, None)  # Redis < 7 cannot count undelivered entries
+    assert (stats.length, stats.pending) == (3, 0)
+    assert stats.lag in (3, None)  # Redis < 7 cannot count undelivered entries
     stream.read("c1", count=2, block_ms=None)
-    assert stream.stats()["pending"] == 2
+    assert stream.stats().pending == 2
     stream.read("c1", count=2, block_ms=None)
-    assert stream.stats() == {"length": 3, "pending": 3, "lag": 0}
+    assert stream.stats() == StreamStats(length=3, pending=3, lag=0)
 
 
 def test_stats_without_a_stream(redis_conn: redis.Redis, keys: Keys) -> None:
-    assert SampleStream(redis_conn, keys, 10).stats() == {"length": 0, "pending": 0, "lag": None}
+    assert SampleStream(redis_conn, keys, 10).stats() == StreamStats(length=0, pending=0, lag=None)
 
 
 def test_maxlen_caps_the_stream_approximately(redis_conn: redis.Redis, keys: Keys) -> None:
     stream = SampleStream(redis_conn, keys, maxlen=100)
-    stream.append_many([(1, "a", _rows(1, 2))] * 1000)
-    assert 100 <= stream.stats()["length"] < 1000
+    stream.append_many([Sample(1, "a", _rows(1, 2))] * 1000)
+    assert 100 <= stream.stats().length < 1000

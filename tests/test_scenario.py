@@ -28,12 +28,12 @@ def test_mas_retains_task0_and_every_served_row_is_counted() -> None:
     report, metrics = scenario({})
     for stage in report.stages:
         assert any(0.0 < p < 1.0 for p in stage.progress_seen), (stage.task, stage.progress_seen)
-        assert stage.job["result"]["activated"], stage.job["result"]["reason"]
-    sources = [stage.job["result"]["omega"]["source"] for stage in report.stages[1:]]
+        assert stage.job.result.activated, stage.job.result.reason
+    sources = [stage.job.result.omega.source for stage in report.stages[1:]]
     assert sources == ["traffic"] * 3
     counted = {int(v["version"]): int(v["samples"]) for v in report.importance["versions"]}
     assert counted == dict(report.rows_served)
-    assert report.rows_served[report.stages[0].job["result"]["version"]] >= 2000
+    assert report.rows_served[report.stages[0].job.result.version] >= 2000
     assert report.drop("task0") <= 0.03, [stage.accuracy for stage in report.stages]
     for series in ("mas_importance_layer_mean", "mas_importance_layer_drift"):
         assert series in metrics

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mas.model import MultiHeadNet, build_model
+from mas_stream.records.version import VersionManifest, VersionMetrics
 from mas_stream.store.codec import decode_tensors, encode_tensors
 from mas_stream.store.files import atomic_write_bytes, atomic_write_json
 from mas_stream.store.model_files import (
@@ -20,6 +21,7 @@ from mas_stream.store.model_files import (
     load_model,
     save_model,
 )
+from tests.api_support import version_info
 
 SPECS: dict[str, dict[str, Any]] = {
     "mlp": {"family": "mlp", "input_shape": [12], "hidden": [16, 8], "activation": "tanh"},
@@ -42,6 +44,18 @@ def trained_looking_model(spec: dict[str, Any]) -> MultiHeadNet:
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator))
     return model
+
+
+def manifest_of(model: MultiHeadNet, version: int = 1) -> VersionManifest:
+    return VersionManifest(
+        version=version,
+        parent=None,
+        created_at=0.0,
+        metrics=VersionMetrics(accuracy={}),
+        info=version_info("second"),
+        spec=model.spec,
+        tasks=dict(model.tasks),
+    )
 
 
 def test_atomic_write_bytes_replaces_content_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -90,12 +104,13 @@ def test_codec_without_metadata() -> None:
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_model_round_trip_is_bit_exact(tmp_path: Path, kind: str) -> None:
     model = trained_looking_model(SPECS[kind])
-    written = save_model(model, tmp_path, {"version": 3, "metrics": {}})
+    written = manifest_of(model, version=3)
+    save_model(model, tmp_path, written)
     loaded, manifest = load_model(tmp_path)
 
     assert manifest == written
-    assert manifest["version"] == 3
-    assert manifest["tasks"] == {"first": 3, "second": 2}
+    assert manifest.version == 3
+    assert manifest.tasks == {"first": 3, "second": 2}
     assert list(loaded.tasks) == ["first", "second"]
     assert not loaded.training
     original, restored = model.state_dict(), loaded.state_dict()
@@ -110,7 +125,8 @@ def test_model_round_trip_is_bit_exact(tmp_path: Path, kind: str) -> None:
 
 
 def test_files_are_safetensors_and_json_only(tmp_path: Path) -> None:
-    save_model(trained_looking_model(SPECS["mlp"]), tmp_path, {}, {"omega": {"w": torch.ones(2)}})
+    model = trained_looking_model(SPECS["mlp"])
+    save_model(model, tmp_path, manifest_of(model), {"omega": {"w": torch.ones(2)}})
     assert sorted(os.listdir(tmp_path)) == [MANIFEST_FILE, WEIGHTS_FILE, "omega.safetensors"]
     for name in (WEIGHTS_FILE, "omega.safetensors"):
         decode_tensors((tmp_path / name).read_bytes())  # parses as safetensors
@@ -118,7 +134,8 @@ def test_files_are_safetensors_and_json_only(tmp_path: Path) -> None:
 
 def test_extra_tensors_round_trip_and_absent_is_none(tmp_path: Path) -> None:
     omega = {"trunk.1.weight": torch.rand(16, 12), "trunk.1.bias": torch.rand(16)}
-    save_model(trained_looking_model(SPECS["mlp"]), tmp_path, {}, {"omega_consolidated": omega})
+    model = trained_looking_model(SPECS["mlp"])
+    save_model(model, tmp_path, manifest_of(model), {"omega_consolidated": omega})
     loaded = load_extra_tensors(tmp_path, "omega_consolidated")
     assert loaded is not None
     assert all(torch.equal(loaded[name], omega[name]) for name in omega)
@@ -127,6 +144,7 @@ def test_extra_tensors_round_trip_and_absent_is_none(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["model", "../escape", "a/b", ""])
 def test_extra_tensor_names_cannot_escape_or_replace_weights(tmp_path: Path, name: str) -> None:
+    model = trained_looking_model(SPECS["mlp"])
     with pytest.raises(ValueError, match="invalid extra tensor set name"):
-        save_model(trained_looking_model(SPECS["mlp"]), tmp_path, {}, {name: {"x": torch.ones(1)}})
+        save_model(model, tmp_path, manifest_of(model), {name: {"x": torch.ones(1)}})
     assert os.listdir(tmp_path) == []

@@ -26,15 +26,17 @@ import torch
 from prometheus_client import Counter, Gauge
 
 from mas.accumulator import ImportanceAccumulator, all_finite
-from mas.drift import layer_summary
 from mas.importance import importance_sums
 from mas.model import MultiHeadNet
 from mas_stream.bootstrap import every, metrics_registry, run_worker
+from mas_stream.records.omega import PartialCheckpoint
+from mas_stream.records.sample import CorruptSample, Sample, StreamEntry
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
-from mas_stream.store.registry import OMEGA_BOUNDARY, ModelRegistry
-from mas_stream.store.samples import CorruptSample, SampleEntry, SampleStream, StreamEntry, decode
+from mas_stream.store.omega_summary import OmegaSummarizer
+from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.samples import SampleStream
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ class ImportanceWorker:
         self._read_count = read_count
         self._block_ms = block_ms
         self._models: OrderedDict[int, MultiHeadNet] = OrderedDict()
-        self._boundaries: dict[int, dict[str, torch.Tensor] | None] = {}
+        self._summarizer = OmegaSummarizer(self._omega, registry)
         # Uncommitted work: whole partials of the touched versions, the rows each task added to
         # them, and the entries they include.
         self._accumulators: dict[int, ImportanceAccumulator] = {}
@@ -182,10 +184,12 @@ class ImportanceWorker:
         rows = sum(sum(tasks.values()) for tasks in self._task_counts.values())
         committed = self._omega.commit(
             {version: self._accumulators[version] for version in self._task_counts},
-            {version: dict(tasks) for version, tasks in self._task_counts.items()},
-            self.worker_id,
-            self.consumer,
-            sorted(self._uncommitted),
+            PartialCheckpoint(
+                worker=self.worker_id,
+                consumer=self.consumer,
+                task_counts={version: dict(tasks) for version, tasks in self._task_counts.items()},
+                entry_ids=tuple(sorted(self._uncommitted)),
+            ),
         )
         if committed:
             SAMPLES_APPLIED.inc(rows)
@@ -225,14 +229,14 @@ class ImportanceWorker:
             yield
 
     def _apply(self, entries: list[StreamEntry]) -> int:
-        groups: dict[tuple[int, str, tuple[int, ...]], list[tuple[StreamEntry, SampleEntry]]] = {}
+        groups: dict[tuple[int, str, tuple[int, ...]], list[tuple[StreamEntry, Sample]]] = {}
         limit = self._settings.dead_letter_after
         for entry in entries:
             if entry.deliveries is not None and entry.deliveries > limit:
                 self._dead_letter(entry, "retries_exhausted", f"delivered {entry.deliveries} times")
                 continue
             try:
-                sample = decode(entry)
+                sample = entry.sample()
             except CorruptSample as exc:
                 self._dead_letter(entry, "corrupt", str(exc))
                 continue
@@ -240,9 +244,7 @@ class ImportanceWorker:
             groups.setdefault(key, []).append((entry, sample))
         return sum(self._apply_group(v, task, group) for (v, task, _), group in groups.items())
 
-    def _apply_group(
-        self, version: int, task: str, group: list[tuple[StreamEntry, SampleEntry]]
-    ) -> int:
+    def _apply_group(self, version: int, task: str, group: list[tuple[StreamEntry, Sample]]) -> int:
         inputs = torch.cat([sample.inputs for _, sample in group])
         try:
             sums = importance_sums(
@@ -273,7 +275,7 @@ class ImportanceWorker:
         return inputs.shape[0]
 
     def _apply_non_finite(
-        self, version: int, task: str, group: list[tuple[StreamEntry, SampleEntry]]
+        self, version: int, task: str, group: list[tuple[StreamEntry, Sample]]
     ) -> int:
         """Finite inputs can still overflow Ω (rows of ~1e20): one inf or NaN would poison the
         version's partial for good, so the entries are retried one by one and the ones that
@@ -315,27 +317,25 @@ class ImportanceWorker:
             return
         self._gauges_at = now
         stats = self._stream.stats()
-        STREAM_LENGTH.set(stats["length"])
-        STREAM_PENDING.set(stats["pending"])
-        STREAM_LAG.set(float("nan") if stats["lag"] is None else stats["lag"])
+        STREAM_LENGTH.set(stats.length)
+        STREAM_PENDING.set(stats.pending)
+        STREAM_LAG.set(float("nan") if stats.lag is None else stats.lag)
         version = self._registry.current_version()
         if version is not None and (self._layers_stale or version != self._layers_version):
             self._refresh_layers(version)
 
     def _refresh_layers(self, version: int) -> None:
-        merged = self._omega.merged(version)
-        if merged is None or merged.count == 0:
+        summary = self._summarizer.summarize(version)
+        if not summary:
             return
-        if version not in self._boundaries:
-            self._boundaries[version] = self._registry.extra_tensors(version, OMEGA_BOUNDARY)
-        summary = layer_summary(merged.mean(), self._boundaries[version])
         if version != self._layers_version:
             for gauge in _LAYER_GAUGES.values():
                 gauge.clear()
         for layer, values in summary.items():
             for stat, gauge in _LAYER_GAUGES.items():
-                if values[stat] is not None:
-                    gauge.labels(layer=layer).set(values[stat])
+                value = values[stat]
+                if value is not None:
+                    gauge.labels(layer=layer).set(value)
         self._layers_version = version
         self._layers_stale = False
 

@@ -19,6 +19,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 import mas
+from mas.importance import Method
 from mas_stream.bench.suites import load_suite
 
 Sums = dict[str, torch.Tensor]
@@ -89,7 +90,7 @@ def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
     model = mas.build_model(suite.model_spec, {TASK: 10}, seed=0)
     subset = inputs[:loop_samples]
 
-    def importance(method: str, x: torch.Tensor) -> Callable[[], Sums]:
+    def importance(method: Method, x: torch.Tensor) -> Callable[[], Sums]:
         return lambda: mas.importance_sums(
             model, x, task=TASK, method=method, batch_size=batch_size
         )

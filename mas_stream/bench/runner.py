@@ -86,6 +86,7 @@ def run_method(
     num_tasks = len(suite.tasks)
     acc: list[list[float | None]] = []
     diverged: str | None = None
+    test_splits = {task.name: (task.x_test, task.y_test) for task in suite.tasks}
     for index, task in enumerate(suite.tasks):
         model.add_task(task.name, task.num_classes)
 
@@ -100,9 +101,7 @@ def run_method(
                 )
             except mas.TrainingDiverged as error:
                 diverged = f"task {index}: {error}"
-        evaluated = [
-            mas.evaluate(model, t.name, t.x_test, t.y_test) for t in suite.tasks[: index + 1]
-        ]
+        evaluated = mas.evaluate_tasks(model, test_splits).values()
         acc.append([*evaluated, *[None] * (num_tasks - index - 1)])
     return {
         "method": method,

@@ -94,7 +94,7 @@ def permutation(task_index: int, num_features: int) -> np.ndarray:
 def _split_tasks(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> list[tuple[np.ndarray, ...]]:
-    tasks = []
+    tasks: list[tuple[np.ndarray, ...]] = []
     for t in range(NUM_TASKS):
         first, second = 2 * t, 2 * t + 1
         train = np.isin(y_train, (first, second))
@@ -113,7 +113,7 @@ def _split_tasks(
 def _permuted_tasks(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> list[tuple[np.ndarray, ...]]:
-    tasks = []
+    tasks: list[tuple[np.ndarray, ...]] = []
     for t in range(NUM_TASKS):
         order = permutation(t, x_train.shape[1])
         tasks.append((x_train[:, order], y_train, x_test[:, order], y_test))

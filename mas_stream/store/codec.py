@@ -28,6 +28,12 @@ def read_metadata(blob: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
+# redis-py types its replies as the union of every command's; these name what a stream read
+# returns on this project's (undecoded) clients.
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+StreamReply = list[tuple[bytes, StreamEntries]]
+
+
 def as_text(value: bytes | str) -> str:
     """Redis replies are bytes unless the client decodes them; accept either."""
     return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -13,9 +13,10 @@ from typing import Final
 
 import redis
 
-# Deletes the consumers of group ARGV[1] other than ARGV[2] that have no pending entries and have
-# been idle for at least ARGV[3] ms; returns how many. One script, so no entry can be delivered to
-# a consumer between the check that it holds nothing and its deletion (which would lose the entry).
+# KEYS: the stream. ARGV: group, the consumer to spare, minimum idle ms. Returns: how many pruned.
+# Deletes the group's other consumers that have no pending entries and have been idle that long.
+# One script, so no entry can be delivered to a consumer between the check that it holds nothing
+# and its deletion (which would lose the entry).
 _PRUNE_SCRIPT: Final = """
 local pruned = 0
 for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do

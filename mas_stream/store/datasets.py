@@ -5,22 +5,21 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import redis
 import torch
+from redis.lock import Lock
 
 from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas_stream.records.task import StoredTask, TaskMeta, TaskOrigin
 from mas_stream.store.codec import as_text
 from mas_stream.store.files import atomic_write_bytes
 from mas_stream.store.keys import Keys
@@ -37,10 +36,6 @@ NPY_HEADER_READERS = {
 }
 # How long a claim on a new task's name outlives an API process that died holding it.
 CLAIM_SECONDS = 600
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class UnknownDataset(LookupError):
@@ -72,19 +67,21 @@ def _read_npz(content: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataValidationError("file", "is a single .npy array, expected an .npz with x and y")
     with archive:
-        declared = sum(info.file_size for info in archive.zip.infolist())
+        members = archive.zip
+        assert members is not None, "an NpzFile's zip is None only once it is closed"
+        declared = sum(info.file_size for info in members.infolist())
         if declared > max_bytes:
             raise DataValidationError(
                 "file", f"expands to {declared} bytes, more than the {max_bytes} allowed"
             )
-        return _npz_array(archive, "x"), _npz_array(archive, "y")
+        return _npz_array(archive, members, "x"), _npz_array(archive, members, "y")
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+def _npz_array(archive: np.lib.npyio.NpzFile, members: zipfile.ZipFile, name: str) -> np.ndarray:
     if name not in archive.files:
         raise DataValidationError(name, f"missing from the archive (found {archive.files})")
     with _readable(name):
-        shape, dtype, available = _npy_header(archive, name)
+        shape, dtype, available = _npy_header(members, name)
     if dtype.hasobject:
         raise DataValidationError(name, "object arrays are refused (they need pickle)")
     needed = math.prod(shape) * dtype.itemsize
@@ -118,11 +115,11 @@ def _readable(name: str) -> Iterator[None]:
         raise DataValidationError("file", f"array {name!r} is corrupt ({error})") from None
 
 
-def _npy_header(archive: np.lib.npyio.NpzFile, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+def _npy_header(members: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """Shape, dtype and the bytes left after the .npy header, read before any allocation: the
     member's uncompressed size (within the archive's limit) bounds what the array may claim."""
-    member = name if name in archive.zip.namelist() else f"{name}.npy"
-    with archive.zip.open(member) as stream:
+    member = name if name in members.namelist() else f"{name}.npy"
+    with members.open(member) as stream:
         version = np.lib.format.read_magic(stream)
         read_header = NPY_HEADER_READERS.get(version)
         if read_header is None:
@@ -130,7 +127,7 @@ def _npy_header(archive: np.lib.npyio.NpzFile, name: str) -> tuple[tuple[int, ..
                 "file", f"array {name!r} has unsupported .npy version {version}"
             )
         shape, _, dtype = read_header(stream)
-        return shape, dtype, archive.zip.getinfo(member).file_size - stream.tell()
+        return shape, dtype, members.getinfo(member).file_size - stream.tell()
 
 
 def _read_csv(content: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -223,10 +220,10 @@ class DatasetStore:
         y_train: np.ndarray | torch.Tensor,
         x_holdout: np.ndarray | torch.Tensor,
         y_holdout: np.ndarray | torch.Tensor,
-        meta: dict[str, Any],
+        origin: TaskOrigin,
         alongside: Callable[[redis.client.Pipeline], None] | None = None,
-    ) -> dict[str, Any]:
-        """Returns the stored metadata. A declared num_classes in `meta` wins over the inferred
+    ) -> TaskMeta:
+        """Returns the stored metadata. A declared num_classes in `origin` wins over the inferred
         one (a task may declare classes its data lacks); shapes and counts come from the data.
 
         The metadata is written in one transaction with `alongside`'s commands (the task's job),
@@ -238,67 +235,66 @@ class DatasetStore:
         largest_label = max(
             (int(np.max(np.asarray(y))) for y in (y_train, y_holdout) if len(y)), default=-1
         )
-        record = {
-            **meta,
-            "num_classes": int(meta.get("num_classes", largest_label + 1)),
-            "input_shape": [int(d) for d in np.asarray(x_train).shape[1:]],
-            "n_train": len(y_train),
-            "n_holdout": len(y_holdout),
-            "created_at": time.time(),
-        }
+        declared = origin.num_classes
+        meta = TaskMeta.model_validate(
+            {
+                **origin.model_dump(),
+                "num_classes": largest_label + 1 if declared is None else declared,
+                "input_shape": [int(d) for d in np.asarray(x_train).shape[1:]],
+                "n_train": len(y_train),
+                "n_holdout": len(y_holdout),
+                "created_at": time.time(),
+            }
+        )
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._keys.tasks, name, json.dumps(record))
+        pipe.hset(self._keys.tasks, name, meta.to_json())
         if alongside is not None:
             alongside(pipe)
         pipe.execute()
-        return record
+        return meta
 
-    def load(self, name: str) -> dict[str, Any]:
-        """x_train, y_train, x_holdout, y_holdout as float32/int64 tensors, and meta."""
-        loaded: dict[str, Any] = {"meta": self.meta(name)}
-        for split in SPLITS:
-            with np.load(self._split_path(name, split), allow_pickle=False) as archive:
-                loaded[f"x_{split}"] = torch.from_numpy(archive["x"].astype(np.float32))
-                loaded[f"y_{split}"] = torch.from_numpy(archive["y"].astype(np.int64))
-        return loaded
+    def load(self, name: str) -> StoredTask:
+        meta = self.meta(name)
+        x_train, y_train = self._load_split(name, "train")
+        x_holdout, y_holdout = self._load_split(name, "holdout")
+        return StoredTask(meta, x_train, y_train, x_holdout, y_holdout)
 
-    def meta(self, name: str) -> dict[str, Any]:
+    def _load_split(self, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with np.load(self._split_path(name, split), allow_pickle=False) as archive:
+            return (
+                torch.from_numpy(archive["x"].astype(np.float32)),
+                torch.from_numpy(archive["y"].astype(np.int64)),
+            )
+
+    def meta(self, name: str) -> TaskMeta:
         raw = self._redis.hget(self._keys.tasks, name)
         if raw is None:
             raise UnknownDataset(name)
-        return json.loads(raw)
+        return TaskMeta.from_json(raw)
 
     @contextlib.contextmanager
     def claimed(self, name: str) -> Iterator[bool]:
-        """Whether this caller holds the name while storing a new task under it: one Redis SET NX,
-        so two API replicas never both pass the existence check. The claim expires on its own
-        (CLAIM_SECONDS) if the holder dies, and is released only by its holder."""
-        token = uuid.uuid4().hex
-        key = self._keys.task_claim(name)
-        held = bool(self._redis.set(key, token, nx=True, ex=CLAIM_SECONDS))
+        """Whether this caller holds the name while storing a new task under it: a non-blocking
+        Redis lock, so two API replicas never both pass the existence check. The claim expires on
+        its own (CLAIM_SECONDS) if the holder dies, and is released only by its holder."""
+        claim = self._redis.lock(self._keys.task_claim(name), timeout=CLAIM_SECONDS, blocking=False)
+        held = claim.acquire()
         try:
             yield held
         finally:
             if held:
-                self._release(key, token)
-
-    def _release(self, key: str, token: str) -> None:
-        """A failed release must not turn a stored task into an error: the claim expires."""
-        try:
-            self._redis.eval(_RELEASE_SCRIPT, 1, key, token)
-        except redis.RedisError as error:
-            log.warning("could not release %s (it expires in %d s): %s", key, CLAIM_SECONDS, error)
+                _release(claim)
 
     def exists(self, name: str) -> bool:
         return bool(self._redis.hexists(self._keys.tasks, name))
 
     def names(self) -> list[str]:
         """In creation order."""
-        records = {
-            as_text(name): json.loads(raw)
+        created = {
+            as_text(name): TaskMeta.from_json(raw).created_at
             for name, raw in self._redis.hgetall(self._keys.tasks).items()
         }
-        return sorted(records, key=lambda name: (records[name]["created_at"], name))
+        return sorted(created, key=lambda name: (created[name], name))
 
     def _directory(self, name: str) -> Path:
         """The name is validated here because it becomes part of a path."""
@@ -306,3 +302,13 @@ class DatasetStore:
 
     def _split_path(self, name: str, split: str) -> Path:
         return self._directory(name) / f"{split}.npz"
+
+
+def _release(claim: Lock) -> None:
+    """A failed release must not turn a stored task into an error: the claim expires."""
+    try:
+        claim.release()
+    except redis.RedisError as error:
+        log.warning(
+            "could not release %s (it expires in %d s): %s", claim.name, CLAIM_SECONDS, error
+        )

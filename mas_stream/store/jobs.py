@@ -8,33 +8,32 @@ by another trainer) run as Lua scripts on the job's hash, so each one is atomic.
 from __future__ import annotations
 
 import builtins
-import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import redis
 
-from mas_stream.store.codec import as_text
+from mas_stream.records.job import (
+    FINAL_STATUSES,
+    Job,
+    JobParams,
+    JobResult,
+    JobStatus,
+    encode_field,
+    hash_arguments,
+)
+from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
 
 if TYPE_CHECKING:
     from mas.training import Progress
 
-QUEUED: Final = "queued"
-RUNNING: Final = "running"
-SUCCEEDED: Final = "succeeded"
-FAILED: Final = "failed"
-CANCELED: Final = "canceled"
-FINAL_STATUSES: Final = frozenset({SUCCEEDED, FAILED, CANCELED})
-
 # Longest single blocking read, so stale entries are looked at again while waiting and a read
 # never outlasts the client's socket timeout.
 _MAX_BLOCK_MS: Final = 1000
-# Hash field holding the stream entry id of the job's delivery; internal, not part of a record.
-_ENTRY_FIELD: Final = "entry"
 # XAUTOCLAIM's cursor at the start of the pending list, and its reply once the scan wrapped.
 _SCAN_START: Final = "0-0"
 
@@ -47,7 +46,9 @@ class UnknownJob(LookupError):
     """No job with this id."""
 
 
-# Returns {status before the claim, previous worker}, or {'skip', ''} for a job not to run.
+# KEYS[1] the job's hash; ARGV[1] the claiming trainer, ARGV[2] now, ARGV[3] the delivery's entry
+# id. Returns {status before the claim, previous worker}, or {'skip', ''} for a job not to run
+# (finished, unknown, or canceled now because a cancel was requested).
 _START_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then
@@ -66,6 +67,8 @@ end
 return {status, previous_worker}
 """
 
+# KEYS[1] the job's hash; ARGV[1] now. Returns 0 for an unknown job, else 1: a queued job is
+# canceled, a running one flagged for its trainer, a finished one left as it is.
 _CANCEL_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
@@ -77,8 +80,9 @@ end
 return 1
 """
 
-# Refuses (returns 0) when another trainer has reclaimed the job, so a slow trainer cannot
-# take back an entry it lost.
+# KEYS[1] the job's hash, KEYS[2] the job stream; ARGV[1] the consumer group, ARGV[2] the trainer.
+# Returns 1 with the delivery's idle time reset, or 0 when another trainer has reclaimed the job,
+# so a slow trainer cannot take back an entry it lost.
 _HEARTBEAT_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
@@ -88,8 +92,10 @@ redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, redis.call('HGET', KEYS[1], '
 return 1
 """
 
-# Writes (returns 1) only while the job runs under this trainer (ARGV[1]): a trainer that lost
-# its lease must not overwrite the outcome another trainer reported, nor acknowledge its entry.
+# The head of every script a trainer writes its job with. KEYS[1] the job's hash; ARGV[1] the
+# trainer. Returns 0 (and the script writes nothing) unless the job runs under this trainer: one
+# that lost its lease must not overwrite the outcome another trainer reported, nor acknowledge its
+# entry.
 _OWNED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
@@ -97,6 +103,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running'
 end
 """
 
+# _OWNED, then: ARGV[2..] the field, value... pairs to set. Returns 1 once written.
 _PROGRESS_SCRIPT = (
     _OWNED
     + """
@@ -105,6 +112,8 @@ return 1
 """
 )
 
+# _OWNED, then: KEYS[2] the job stream; ARGV[2] the consumer group, ARGV[3..] the field, value...
+# pairs to set. Returns 1 once written, with the delivery acknowledged and deleted.
 _FINISH_SCRIPT = (
     _OWNED
     + """
@@ -119,49 +128,6 @@ return 1
 )
 
 
-def _encode(value: Any) -> str:
-    """None is stored as the empty string; structured values as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
-
-
-def _flatten(fields: dict[str, Any]) -> list[str]:
-    """HSET's field, value, field, value... arguments, encoded."""
-    return [item for name, value in fields.items() for item in (name, _encode(value))]
-
-
-def _optional(decode: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda raw: None if raw == "" else decode(raw)
-
-
-JobRecord = dict[str, Any]
-
-_DECODERS: Final[dict[str, Callable[[str], Any]]] = {
-    "id": str,
-    "task": str,
-    "params": json.loads,
-    "status": str,
-    "progress": float,
-    "epoch": int,
-    "step": int,
-    "total_steps": int,
-    "loss": _optional(float),
-    "created_at": float,
-    "started_at": _optional(float),
-    "finished_at": _optional(float),
-    "attempts": int,
-    "worker": _optional(str),
-    "result": _optional(json.loads),
-    "error": _optional(str),
-    "cancel_requested": lambda raw: raw == "1",
-}
-
-
 def _first_delivery(entries: Sequence[tuple[Any, Any]]) -> tuple[str, str | None] | None:
     """(entry id, job id) of the first entry; job id None for an entry that names no job."""
     if not entries:
@@ -171,13 +137,8 @@ def _first_delivery(entries: Sequence[tuple[Any, Any]]) -> tuple[str, str | None
     return as_text(entry_id), job_id
 
 
-def _decode_record(raw: dict[bytes | str, bytes | str]) -> JobRecord:
-    record: JobRecord = {}
-    for raw_field, raw_value in raw.items():
-        field = as_text(raw_field)
-        if field != _ENTRY_FIELD:
-            record[field] = _DECODERS.get(field, str)(as_text(raw_value))
-    return record
+def _decode(raw: dict[bytes | str, bytes | str]) -> Job:
+    return Job.from_hash({as_text(name): as_text(value) for name, value in raw.items()})
 
 
 class JobQueue:
@@ -191,7 +152,7 @@ class JobQueue:
         self._finish_script = redis_client.register_script(_FINISH_SCRIPT)
         self._prune_consumers = ConsumerPruner(redis_client, keys.jobs, keys.jobs_group)
 
-    def submit(self, task: str, params: dict[str, Any]) -> str:
+    def submit(self, task: str, params: JobParams) -> str:
         """Record, index and enqueue in one transaction: a job is either fully queued or absent."""
         job_id = new_job_id()
         pipe = self._redis.pipeline(transaction=True)
@@ -199,48 +160,46 @@ class JobQueue:
         pipe.execute()
         return job_id
 
-    def queue(
-        self, pipe: redis.client.Pipeline, job_id: str, task: str, params: dict[str, Any]
-    ) -> None:
+    def queue(self, pipe: redis.client.Pipeline, job_id: str, task: str, params: JobParams) -> None:
         """Adds the job's record, index entry and delivery to a caller's transaction, so what the
         job needs (its dataset's metadata) becomes visible in the same step as the job."""
         now = time.time()
-        record = {
-            "id": job_id,
-            "task": task,
-            "params": params,
-            "status": QUEUED,
-            "progress": 0.0,
-            "epoch": 0,
-            "step": 0,
-            "total_steps": 0,
-            "loss": None,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "attempts": 0,
-            "worker": None,
-            "result": None,
-            "error": None,
-            "cancel_requested": False,
-        }
-        pipe.hset(self._keys.job(job_id), mapping={k: _encode(v) for k, v in record.items()})
+        job = Job(
+            id=job_id,
+            task=task,
+            params=params,
+            status=JobStatus.QUEUED,
+            progress=0.0,
+            epoch=0,
+            step=0,
+            total_steps=0,
+            loss=None,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            attempts=0,
+            worker=None,
+            result=None,
+            error=None,
+            cancel_requested=False,
+        )
+        pipe.hset(self._keys.job(job_id), items=job.to_hash())
         pipe.zadd(self._keys.job_index, {job_id: now})
         pipe.xadd(self._keys.jobs, {"id": job_id})
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str) -> Job | None:
         raw = self._redis.hgetall(self._keys.job(job_id))
-        return _decode_record(raw) if raw else None
+        return _decode(raw) if raw else None
 
-    def list(self, limit: int = 50) -> builtins.list[JobRecord]:
+    def list(self, limit: int = 50) -> builtins.list[Job]:
         """Newest first."""
-        job_ids = self._redis.zrevrange(self._keys.job_index, 0, limit - 1)
+        job_ids = cast(list[bytes], self._redis.zrevrange(self._keys.job_index, 0, limit - 1))
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(self._keys.job(as_text(job_id)))
-        return [_decode_record(raw) for raw in pipe.execute() if raw]
+        return [_decode(raw) for raw in pipe.execute() if raw]
 
-    def claim(self, consumer: str, block_ms: int, stale_ms: int) -> JobRecord | None:
+    def claim(self, consumer: str, block_ms: int, stale_ms: int) -> Job | None:
         """The next job for `consumer` to run, or None after waiting up to `block_ms` (0: no wait).
 
         A stale delivery (its trainer stopped heartbeating for `stale_ms`) comes before a new one.
@@ -254,9 +213,9 @@ class JobQueue:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 delivery = self._read_new(consumer, min(remaining_ms, _MAX_BLOCK_MS))
             if delivery is not None:
-                record = self._start(consumer, *delivery)
-                if record is not None:
-                    return record
+                job = self._start(consumer, *delivery)
+                if job is not None:
+                    return job
             elif time.monotonic() >= deadline:
                 return None
 
@@ -278,24 +237,24 @@ class JobQueue:
             "loss": progress.loss,
         }
         written = self._progress_script(
-            keys=[self._keys.job(job_id)], args=[consumer, *_flatten(fields)]
+            keys=[self._keys.job(job_id)], args=[consumer, *hash_arguments(fields)]
         )
         return bool(written)
 
-    def request_cancel(self, job_id: str) -> JobRecord:
+    def request_cancel(self, job_id: str) -> Job:
         """Queued: canceled now. Running: flagged for its trainer to stop. Finished: unchanged."""
-        found = self._cancel_script(keys=[self._keys.job(job_id)], args=[_encode(time.time())])
-        record = self.get(job_id) if found else None
-        if record is None:
+        found = self._cancel_script(keys=[self._keys.job(job_id)], args=[encode_field(time.time())])
+        job = self.get(job_id) if found else None
+        if job is None:
             raise UnknownJob(job_id)
-        return record
+        return job
 
     def finish(
         self,
         job_id: str,
         consumer: str,
-        status: str,
-        result: dict[str, Any] | None = None,
+        status: JobStatus,
+        result: JobResult | None = None,
         error: str | None = None,
     ) -> bool:
         """Final state, acknowledgement and deletion of the delivery together: a finished job is
@@ -304,20 +263,19 @@ class JobQueue:
         False (and nothing written) once the job is no longer running under `consumer`.
         """
         if status not in FINAL_STATUSES:
-            raise ValueError(
-                f"final status must be one of {sorted(FINAL_STATUSES)}, not {status!r}"
-            )
+            expected = sorted(map(str, FINAL_STATUSES))
+            raise ValueError(f"final status must be one of {expected}, not {str(status)!r}")
         fields: dict[str, Any] = {
             "status": status,
             "result": result,
             "error": error,
             "finished_at": time.time(),
         }
-        if status == SUCCEEDED:
+        if status == JobStatus.SUCCEEDED:
             fields["progress"] = 1.0
         written = self._finish_script(
             keys=[self._keys.job(job_id), self._keys.jobs],
-            args=[consumer, self._keys.jobs_group, *_flatten(fields)],
+            args=[consumer, self._keys.jobs_group, *hash_arguments(fields)],
         )
         return bool(written)
 
@@ -348,27 +306,31 @@ class JobQueue:
                 return _first_delivery(entries)
 
     def _read_new(self, consumer: str, block_ms: int) -> tuple[str, str | None] | None:
-        response = self._redis.xreadgroup(
-            self._keys.jobs_group,
-            consumer,
-            {self._keys.jobs: ">"},
-            count=1,
-            block=block_ms if block_ms > 0 else None,
+        response = cast(
+            StreamReply,
+            self._redis.xreadgroup(
+                self._keys.jobs_group,
+                consumer,
+                {self._keys.jobs: ">"},
+                count=1,
+                block=block_ms if block_ms > 0 else None,
+            ),
         )
         return _first_delivery(response[0][1] if response else [])
 
-    def _start(self, consumer: str, entry_id: str, job_id: str | None) -> JobRecord | None:
+    def _start(self, consumer: str, entry_id: str, job_id: str | None) -> Job | None:
         """Marks the job running for `consumer`; acks and returns None for a job not to run."""
         if job_id is not None:
             outcome = self._start_script(
-                keys=[self._keys.job(job_id)], args=[consumer, _encode(time.time()), entry_id]
+                keys=[self._keys.job(job_id)],
+                args=[consumer, encode_field(time.time()), entry_id],
             )
             previous_status, previous_worker = (as_text(value) for value in outcome)
-            record = None if previous_status == "skip" else self.get(job_id)
-            if record is not None:
-                if previous_status == RUNNING:
-                    record["interrupted_worker"] = previous_worker
-                return record
+            job = None if previous_status == "skip" else self.get(job_id)
+            if job is not None:
+                if previous_status == JobStatus.RUNNING:
+                    return job.model_copy(update={"interrupted_worker": previous_worker})
+                return job
         pipe = self._redis.pipeline(transaction=True)
         pipe.xack(self._keys.jobs, self._keys.jobs_group, entry_id)
         pipe.xdel(self._keys.jobs, entry_id)

@@ -6,15 +6,14 @@ the weights then load strictly, so any mismatch between the two fails loudly.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mas.model import MultiHeadNet, build_model
+from mas_stream.records.version import VersionManifest
 from mas_stream.store.codec import decode_tensors, encode_tensors
 from mas_stream.store.files import atomic_write_bytes, atomic_write_json
 
@@ -26,32 +25,29 @@ _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 def save_model(
     model: MultiHeadNet,
     directory: Path,
-    manifest: dict[str, Any],
+    manifest: VersionManifest,
     extra_tensors: dict[str, dict[str, Tensor]] | None = None,
-) -> dict[str, Any]:
-    """Writes the manifest last, so a directory with a manifest is complete. Returns the manifest
-    as written (the given one plus the model's spec and tasks)."""
+) -> None:
+    """Writes the manifest last, so a directory with a manifest is complete."""
     directory = Path(directory)
     for name in extra_tensors or {}:
         _extra_path(directory, name)
     atomic_write_bytes(directory / WEIGHTS_FILE, encode_tensors(model.state_dict()))
     for name, tensors in (extra_tensors or {}).items():
         atomic_write_bytes(_extra_path(directory, name), encode_tensors(tensors))
-    written = {**manifest, "spec": model.spec, "tasks": dict(model.tasks)}
-    atomic_write_json(directory / MANIFEST_FILE, written)
-    return written
+    atomic_write_json(directory / MANIFEST_FILE, manifest.to_json())
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / MANIFEST_FILE).read_text(encoding="utf-8"))
+def read_manifest(directory: Path) -> VersionManifest:
+    return VersionManifest.from_json((Path(directory) / MANIFEST_FILE).read_bytes())
 
 
 def load_model(
     directory: Path, device: str | torch.device = "cpu"
-) -> tuple[MultiHeadNet, dict[str, Any]]:
+) -> tuple[MultiHeadNet, VersionManifest]:
     """The model in eval mode on `device`, and its manifest."""
     manifest = read_manifest(directory)
-    model = build_model(manifest["spec"], manifest["tasks"])
+    model = build_model(manifest.spec, manifest.tasks)
     weights, _ = decode_tensors((Path(directory) / WEIGHTS_FILE).read_bytes())
     model.load_state_dict(weights, strict=True)
     return model.to(device).eval(), manifest

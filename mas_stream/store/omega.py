@@ -10,19 +10,21 @@ whose entries were reclaimed by another consumer gets False and must drop its un
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Final, cast
 
 import redis
 
 from mas.accumulator import ImportanceAccumulator
+from mas_stream.records.omega import OmegaCounts, PartialCheckpoint
 from mas_stream.store.codec import as_text, decode_tensors, encode_tensors
 from mas_stream.store.keys import Keys
 
 # KEYS: stream, versions set, then per version: partials, task counts, revisions.
 # ARGV: group, consumer, worker, number of ids, ids..., then per version:
 #       version, expected revision, partial blob, number of tasks, (task, count)...
-# The revision check makes two live processes sharing one worker id conflict instead of
-# overwriting each other's partial.
+# Returns: 1 when committed; 0, changing nothing, when an id is no longer pending for the consumer
+# or a partial's revision moved on. The revision check makes two live processes sharing one
+# worker id conflict instead of overwriting each other's partial.
 _COMMIT_SCRIPT: Final = """
 local group, consumer, worker = ARGV[1], ARGV[2], ARGV[3]
 local n_ids = tonumber(ARGV[4])
@@ -80,34 +82,30 @@ class OmegaStore:
         return None if blob is None else _decode(blob)
 
     def commit(
-        self,
-        version_to_acc: dict[int, ImportanceAccumulator],
-        task_counts: dict[int, dict[str, int]],
-        worker: str,
-        consumer: str,
-        entry_ids: list[str],
+        self, version_to_acc: dict[int, ImportanceAccumulator], checkpoint: PartialCheckpoint
     ) -> bool:
         """Stores the partials (whole states, not deltas), adds the counts, acks the ids: all or
-        nothing. False when an id is no longer pending for `consumer` or a partial moved on."""
-        if not task_counts.keys() <= version_to_acc.keys():
+        nothing. False when an id is no longer pending for the consumer or a partial moved on."""
+        if not checkpoint.task_counts.keys() <= version_to_acc.keys():
             raise ValueError("task counts for a version without a partial")
+        worker = checkpoint.worker
         keys = [self._keys.samples, self._keys.omega_versions]
         args: list[str | int | bytes] = [
             self._keys.importance_group,
-            consumer,
+            checkpoint.consumer,
             worker,
-            len(entry_ids),
-            *entry_ids,
+            len(checkpoint.entry_ids),
+            *checkpoint.entry_ids,
         ]
         for version, accumulator in sorted(version_to_acc.items()):
-            tasks = {task: n for task, n in task_counts.get(version, {}).items() if n}
+            tasks = checkpoint.counted_tasks(version)
             keys += [
                 self._keys.omega_partials(version),
                 self._keys.omega_task_counts(version),
                 self._keys.omega_revisions(version),
             ]
             blob = encode_tensors(
-                accumulator.state_dict(), metadata={"version": str(version), "worker": worker}
+                accumulator.state_dict(), metadata=checkpoint.partial_header(version)
             )
             args += [version, self._revisions.get((version, worker), 0), blob, len(tasks)]
             args += [item for pair in tasks.items() for item in pair]
@@ -118,17 +116,17 @@ class OmegaStore:
         return True
 
     def merged(self, version: int) -> ImportanceAccumulator | None:
-        blobs = self._redis.hvals(self._keys.omega_partials(version))
+        blobs = cast(list[bytes], self._redis.hvals(self._keys.omega_partials(version)))
         if not blobs:
             return None
         return functools.reduce(ImportanceAccumulator.merge, (_decode(b) for b in blobs))
 
-    def counts(self, version: int) -> dict[str, int | dict[str, int]]:
+    def counts(self, version: int) -> OmegaCounts:
         tasks = {
             as_text(task): int(n)
             for task, n in self._redis.hgetall(self._keys.omega_task_counts(version)).items()
         }
-        return {"total": sum(tasks.values()), "tasks": tasks}
+        return OmegaCounts.of_tasks(tasks)
 
     def versions(self) -> list[int]:
         return sorted(int(v) for v in self._redis.smembers(self._keys.omega_versions))

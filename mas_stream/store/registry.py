@@ -13,13 +13,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 import torch
 from torch import Tensor
 
 from mas.model import MultiHeadNet
+from mas_stream.records.version import ListedVersion, VersionInfo, VersionManifest, VersionMetrics
 from mas_stream.store.files import fsync_directory
 from mas_stream.store.keys import Keys
 from mas_stream.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
@@ -37,9 +37,10 @@ OMEGA_CONSOLIDATED = "omega_consolidated"
 OMEGA_BOUNDARY = "omega_boundary"
 
 
-# Moves the served-version pointer and announces it atomically. With ARGV[4] == "1" it moves only
-# if the pointer still holds ARGV[3] ("" for no version yet): a compare-and-set, so a trainer
-# never replaces a version it did not train on top of.
+# KEYS[1] the served-version pointer; ARGV[1] the version to serve, ARGV[2] the events channel,
+# ARGV[3] the version expected there ("" for none yet), ARGV[4] "1" to compare first. Returns 1
+# once the pointer moved and the move was announced, 0 when the compare failed: a compare-and-set,
+# so a trainer never replaces a version it did not train on top of.
 _ACTIVATE_SCRIPT = """
 if ARGV[4] == '1' and (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
   return 0
@@ -58,7 +59,7 @@ class UnknownVersion(LookupError):
 class LoadedVersion:
     version: int
     model: MultiHeadNet
-    manifest: dict[str, Any]
+    manifest: VersionManifest
 
 
 class ModelRegistry:
@@ -73,8 +74,8 @@ class ModelRegistry:
         model: MultiHeadNet,
         *,
         parent: int | None,
-        metrics: dict[str, Any],
-        info: dict[str, Any],
+        metrics: VersionMetrics,
+        info: VersionInfo,
         extra_tensors: dict[str, dict[str, Tensor]] | None = None,
     ) -> int:
         """Writes a new version without activating it; returns its number."""
@@ -82,13 +83,15 @@ class ModelRegistry:
         version = self._allocate_version()
         staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=self._models_dir))
         try:
-            manifest = {
-                "version": version,
-                "parent": parent,
-                "created_at": time.time(),
-                "metrics": metrics,
-                "info": info,
-            }
+            manifest = VersionManifest(
+                version=version,
+                parent=parent,
+                created_at=time.time(),
+                metrics=metrics,
+                info=info,
+                spec=model.spec,
+                tasks=dict(model.tasks),
+            )
             save_model(model, staging, manifest, extra_tensors)
             for path in staging.iterdir():
                 path.chmod(_READ_ONLY_FILE_MODE)
@@ -130,17 +133,19 @@ class ModelRegistry:
         model, manifest = load_model(self._require(version), device)
         return LoadedVersion(version=version, model=model, manifest=manifest)
 
-    def manifest(self, version: int) -> dict[str, Any]:
+    def manifest(self, version: int) -> VersionManifest:
         return read_manifest(self._require(version))
 
     def extra_tensors(self, version: int, name: str) -> dict[str, Tensor] | None:
         return load_extra_tensors(self._require(version), name)
 
-    def list_versions(self) -> list[dict[str, Any]]:
+    def list_versions(self) -> list[ListedVersion]:
         """Every published manifest, oldest first, each with `current` set on the served one."""
         current = self.current_version()
         return [
-            {**read_manifest(self._directory(version)), "current": version == current}
+            ListedVersion(
+                **dict(read_manifest(self._directory(version))), current=version == current
+            )
             for version in self._published_versions()
         ]
 

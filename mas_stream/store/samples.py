@@ -1,34 +1,30 @@
 """The sample stream: inputs the service served, on their way to the importance worker.
 
-One stream entry holds the rows of one forwarded batch: fields `v` (model version that served
-them), `t` (task), `s` (shape "n,d1,d2") and `x` (raw little-endian float32). A consumer group
-gives each entry to one importance worker; an entry stays pending until the worker's Ω checkpoint
+One stream entry holds the rows of one forwarded batch (`Sample`). A consumer group gives each
+entry to one importance worker; an entry stays pending until the worker's Ω checkpoint
 acknowledges it (see `OmegaStore.commit`), so a crash means redelivery, never loss.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, cast
 
-import numpy as np
 import redis
-import torch
 
-from mas_stream.store.codec import as_text
+from mas_stream.records.sample import Sample, StreamEntry, StreamStats
+from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
 
-_FIELDS: Final = (b"v", b"t", b"s", b"x")
-_FLOAT32_LE: Final = np.dtype("<f4")
 # Cursor value meaning "this consumer has no backlog left to scan; read new entries".
 _NEW: Final = ">"
 
-# Resets the idle time of the ids (ARGV[3:]) still pending for consumer ARGV[2], without counting
-# a delivery (JUSTID); ids another consumer took over stay with it, and so do ids trimmed from the
-# stream (Redis 7's XCLAIM would drop those from the pending list, and the commit that must
-# acknowledge them would be refused). Returns how many were kept.
+# KEYS: the stream. ARGV: group, consumer, then the entry ids to keep. Returns: how many were kept.
+# Resets the idle time of the ids still pending for the consumer, without counting a delivery
+# (JUSTID); ids another consumer took over stay with it, and so do ids trimmed from the stream
+# (Redis 7's XCLAIM would drop those from the pending list, and the commit that must acknowledge
+# them would be refused).
 _KEEP_SCRIPT: Final = """
 local kept = 0
 for i = 3, #ARGV do
@@ -40,62 +36,6 @@ for i = 3, #ARGV do
 end
 return kept
 """
-
-
-class CorruptSample(ValueError):
-    """A stream entry that cannot be decoded into finite float32 rows; it goes to dead letters."""
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """An entry as Redis delivered it; `deliveries` counts this delivery too (None: unknown)."""
-
-    entry_id: str
-    fields: dict[bytes, bytes]
-    deliveries: int | None
-
-
-@dataclass(frozen=True)
-class SampleEntry:
-    entry_id: str
-    version: int
-    task: str
-    inputs: torch.Tensor
-    deliveries: int | None
-
-
-def _as_rows(rows: np.ndarray) -> np.ndarray:
-    array = np.ascontiguousarray(rows, dtype=_FLOAT32_LE)
-    if array.ndim < 2 or array.shape[0] == 0:
-        raise ValueError(f"rows must be [n, ...] with n >= 1, got shape {list(array.shape)}")
-    return array
-
-
-def decode(entry: StreamEntry) -> SampleEntry:
-    """Checks everything a worker relies on, including finiteness: one NaN would poison Ω's sum."""
-    missing = [name.decode() for name in _FIELDS if name not in entry.fields]
-    if len(missing) == len(_FIELDS):
-        raise CorruptSample("entry has no fields: it was trimmed from the stream before processing")
-    if missing:
-        raise CorruptSample(f"missing fields {missing}")
-    try:
-        version = int(entry.fields[b"v"])
-        task = entry.fields[b"t"].decode("utf-8")
-        shape = [int(d) for d in entry.fields[b"s"].split(b",")]
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptSample(f"unparsable header field: {exc}") from exc
-    if version < 0 or not task:
-        raise CorruptSample(f"bad version {version} or empty task")
-    if len(shape) < 2 or any(d < 1 for d in shape):
-        raise CorruptSample(f"shape {shape} is not [n, ...] with positive sizes")
-    data = entry.fields[b"x"]
-    expected = math.prod(shape) * _FLOAT32_LE.itemsize
-    if len(data) != expected:
-        raise CorruptSample(f"{len(data)} data bytes, shape {shape} needs {expected}")
-    inputs = torch.from_numpy(np.frombuffer(data, dtype=_FLOAT32_LE).astype(np.float32))
-    if not torch.isfinite(inputs).all():
-        raise CorruptSample("inputs contain NaN or infinity")
-    return SampleEntry(entry.entry_id, version, task, inputs.reshape(shape), entry.deliveries)
 
 
 class SampleStream:
@@ -111,16 +51,13 @@ class SampleStream:
         self._keep_script = redis_client.register_script(_KEEP_SCRIPT)
         self._prune_consumers = ConsumerPruner(redis_client, keys.samples, keys.importance_group)
 
-    def append_many(self, items: list[tuple[int, str, np.ndarray]]) -> int:
-        """One round trip for all items; returns the number of rows appended."""
-        arrays = [(version, task, _as_rows(rows)) for version, task, rows in items]
+    def append_many(self, samples: Sequence[Sample]) -> int:
+        """One round trip for all samples; returns the number of rows appended."""
         pipe = self._redis.pipeline(transaction=False)
-        for version, task, array in arrays:
-            shape = ",".join(map(str, array.shape))
-            fields = {"v": version, "t": task, "s": shape, "x": array.tobytes()}
-            pipe.xadd(self._keys.samples, fields, maxlen=self._maxlen, approximate=True)
+        for sample in samples:
+            pipe.xadd(self._keys.samples, sample.to_fields(), maxlen=self._maxlen, approximate=True)
         pipe.execute()
-        return sum(array.shape[0] for _, _, array in arrays)
+        return sum(len(sample.rows) for sample in samples)
 
     def ensure_group(self) -> None:
         try:
@@ -199,42 +136,43 @@ class SampleStream:
 
     def dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str) -> None:
         """Keeps the entry with the reason for inspection and acknowledges it, atomically."""
+        kept: dict[Any, Any] = {**fields, b"entry": entry_id, b"reason": reason}
         pipe = self._redis.pipeline(transaction=True)
         pipe.xadd(
             self._keys.samples_dead,
-            {**fields, b"entry": entry_id, b"reason": reason},
+            kept,
             maxlen=self._maxlen,
             approximate=True,
         )
         pipe.xack(self._keys.samples, self._keys.importance_group, entry_id)
         pipe.execute()
 
-    def stats(self) -> dict[str, int | None]:
-        """length, pending (unacknowledged) and lag (entries not yet delivered; None: unknown)."""
+    def stats(self) -> StreamStats:
         if not self._redis.exists(self._keys.samples):
-            return {"length": 0, "pending": 0, "lag": None}
+            return StreamStats(length=0, pending=0, lag=None)
         pipe = self._redis.pipeline(transaction=False)
         pipe.xinfo_stream(self._keys.samples)
         pipe.xinfo_groups(self._keys.samples)
         stream, groups = pipe.execute()
         group = next((g for g in groups if as_text(g["name"]) == self._keys.importance_group), None)
         if group is None:
-            return {"length": int(stream["length"]), "pending": 0, "lag": None}
-        return {
-            "length": int(stream["length"]),
-            "pending": int(group["pending"]),
-            "lag": _lag(stream, group),
-        }
+            return StreamStats(length=int(stream["length"]), pending=0, lag=None)
+        return StreamStats(
+            length=int(stream["length"]), pending=int(group["pending"]), lag=_lag(stream, group)
+        )
 
     def _read_group(
         self, consumer: str, from_id: str, count: int, block_ms: int | None
     ) -> list[StreamEntry]:
-        reply = self._redis.xreadgroup(
-            self._keys.importance_group,
-            consumer,
-            {self._keys.samples: from_id},
-            count=count,
-            block=block_ms,
+        reply = cast(
+            StreamReply,
+            self._redis.xreadgroup(
+                self._keys.importance_group,
+                consumer,
+                {self._keys.samples: from_id},
+                count=count,
+                block=block_ms,
+            ),
         )
         delivered = 1 if from_id == _NEW else None
         return [

@@ -11,16 +11,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.context import RuntimeDep
 from service.inference import NO_MODEL_MESSAGE
+from service.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def live() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Liveness)
+def live() -> Liveness:
+    return Liveness(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "No model to serve yet"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "No model to serve yet"}},
+)
 def ready(runtime: RuntimeDep) -> JSONResponse:
     """Ready: a model is served. Degraded (still 200): Redis is unreachable, so predictions are
     answered but samples are dropped and admin endpoints fail until it returns."""

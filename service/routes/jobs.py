@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Response
 
-from mas_stream.store.jobs import RUNNING, UnknownJob
+from mas_stream.records.job import Job, JobList, JobStatus
+from mas_stream.store.jobs import UnknownJob
 from service.auth import require_admin
 from service.context import RuntimeDep
 from service.errors import ApiError
@@ -20,15 +20,13 @@ def _unknown(job_id: str) -> ApiError:
 
 
 @router.get("")
-def list_jobs(
-    runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
-) -> dict[str, Any]:
+def list_jobs(runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JobList:
     """Newest first."""
-    return {"jobs": runtime.jobs.list(limit)}
+    return JobList(jobs=runtime.jobs.list(limit))
 
 
 @router.get("/{job_id}", responses={404: {"description": "No such job"}})
-def get_job(job_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+def get_job(job_id: str, runtime: RuntimeDep) -> Job:
     """status queued|running|succeeded|failed|canceled; progress 0-1 with epoch, step, loss."""
     job = runtime.jobs.get(job_id)
     if job is None:
@@ -41,13 +39,15 @@ def get_job(job_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     dependencies=[Depends(require_admin)],
     responses={
         200: {"description": "Canceled, or already finished (unchanged)"},
-        202: {"description": "Running: its trainer will stop it"},
+        202: {"description": "Running: its trainer will stop it", "model": Job},
         404: {"description": "No such job"},
     },
 )
-def cancel_job(job_id: str, runtime: RuntimeDep) -> JSONResponse:
+def cancel_job(job_id: str, runtime: RuntimeDep, response: Response) -> Job:
     try:
         job = runtime.jobs.request_cancel(job_id)
     except UnknownJob:
         raise _unknown(job_id) from None
-    return JSONResponse(job, 202 if job["status"] == RUNNING else 200)
+    if job.status == JobStatus.RUNNING:
+        response.status_code = 202
+    return job

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
+from mas_stream.records.version import ModelListing, ServedVersions
 from mas_stream.store.registry import UnknownVersion
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
@@ -20,14 +19,14 @@ def _served_version(runtime: Runtime) -> int | None:
 
 
 @router.get("")
-def list_models(runtime: RuntimeDep) -> dict[str, Any]:
+def list_models(runtime: RuntimeDep) -> ModelListing:
     """Every version (parent, tasks, metrics); `current` marks the registry's pointer and
     `served` the version this replica is answering with."""
-    return {
-        "current": runtime.registry.current_version(),
-        "served": _served_version(runtime),
-        "versions": runtime.registry.list_versions(),
-    }
+    return ModelListing(
+        current=runtime.registry.current_version(),
+        served=_served_version(runtime),
+        versions=runtime.registry.list_versions(),
+    )
 
 
 @router.post(
@@ -35,11 +34,11 @@ def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     dependencies=[Depends(require_admin)],
     responses={404: {"description": "No such version"}},
 )
-def activate(version: int, runtime: RuntimeDep) -> dict[str, Any]:
+def activate(version: int, runtime: RuntimeDep) -> ServedVersions:
     """Other replicas follow on the notification; this one swaps before answering."""
     try:
         runtime.registry.activate(version)
     except UnknownVersion:
         raise ApiError(404, "version", f"model version {version} does not exist") from None
     runtime.served.refresh()
-    return {"current": version, "served": _served_version(runtime)}
+    return ServedVersions(current=version, served=_served_version(runtime))

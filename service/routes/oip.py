@@ -23,14 +23,29 @@ from mas_stream.store.registry import LoadedVersion
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
+from service.schemas import (
+    InferResponse,
+    ModelMetadata,
+    ModelParameters,
+    ModelReady,
+    OipErrorBody,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    TensorMetadata,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-INPUT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
-OUTPUT_TYPES = {
+INPUT_TYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+OUTPUT_TYPES: dict[str, tuple[str, np.dtype]] = {
     "probabilities": ("FP32", np.dtype("<f4")),
     "predictions": ("INT64", np.dtype("<i8")),
+}
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    404: {"model": OipErrorBody, "description": "Unknown model, or a version not served"},
+    503: {"model": OipErrorBody, "description": "No model to serve yet"},
 }
 
 
@@ -74,49 +89,59 @@ def _served_model(runtime: Runtime, name: str, version: str | None) -> LoadedVer
     return runtime.inference.served_version(requested, field="model_version")
 
 
-@router.get("")
-def server_metadata() -> dict[str, Any]:
-    return {
-        "name": "mas-stream",
-        "version": package_version("mas-stream"),
-        "extensions": ["binary_tensor_data"],
-    }
+@router.get("", response_model=ServerMetadata)
+def server_metadata() -> ServerMetadata:
+    return ServerMetadata(
+        name="mas-stream", version=package_version("mas-stream"), extensions=["binary_tensor_data"]
+    )
 
 
-@router.get("/health/live")
-def server_live() -> dict[str, bool]:
-    return {"live": True}
+@router.get("/health/live", response_model=ServerLive)
+def server_live() -> ServerLive:
+    return ServerLive(live=True)
 
 
-@router.get("/health/ready", responses={400: {"description": "Not ready: no model yet"}})
+@router.get(
+    "/health/ready",
+    response_model=ServerReady,
+    responses={400: {"model": ServerReady, "description": "Not ready: no model yet"}},
+)
 def server_ready(runtime: RuntimeDep) -> JSONResponse:
     ready = runtime.served.current is not None
     return JSONResponse({"ready": ready}, 200 if ready else 400)
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
-def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -> dict[str, Any]:
+@router.get("/models/{name}", response_model=ModelMetadata, responses=_REFUSED)
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_REFUSED)
+def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -> ModelMetadata:
     loaded = _served_model(runtime, name, version)
-    return {
-        "name": name,
-        "versions": [str(loaded.version)],
-        "platform": "pytorch",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *loaded.model.input_shape]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
-            {"name": "predictions", "datatype": "INT64", "shape": [-1]},
+    return ModelMetadata(
+        name=name,
+        versions=[str(loaded.version)],
+        platform="pytorch",
+        inputs=[
+            TensorMetadata(name="input", datatype="FP32", shape=[-1, *loaded.model.input_shape])
         ],
-        "parameters": {
-            "tasks": dict(loaded.model.tasks),
-            "default_task": next(reversed(loaded.model.tasks), None),
-        },
-    }
+        outputs=[
+            TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, -1]),
+            TensorMetadata(name="predictions", datatype="INT64", shape=[-1]),
+        ],
+        parameters=ModelParameters(
+            tasks=dict(loaded.model.tasks),
+            default_task=next(reversed(loaded.model.tasks), None),
+        ),
+    )
 
 
-@router.get("/models/{name}/ready", responses={400: {"description": "Not ready"}})
+_MODEL_READY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ModelReady, "description": "Not ready"},
+    404: {"model": OipErrorBody, "description": "Unknown model"},
+}
+
+
+@router.get("/models/{name}/ready", response_model=ModelReady, responses=_MODEL_READY)
 @router.get(
-    "/models/{name}/versions/{version}/ready", responses={400: {"description": "Not ready"}}
+    "/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=_MODEL_READY
 )
 def model_ready(name: str, runtime: RuntimeDep, version: str | None = None) -> JSONResponse:
     _check_name(runtime, name)
@@ -131,10 +156,30 @@ _INFER_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
     }
 }
+_INFERRED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"JSON, or with binary outputs: the JSON header ({HEADER_LENGTH} bytes, "
+        "as InferResponse), then each binary output's bytes in output order",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    400: {"model": OipErrorBody, "description": f"{HEADER_LENGTH} does not fit the body"},
+    422: {"model": OipErrorBody, "description": "Bad input"},
+    **_REFUSED,
+}
 
 
-@router.post("/models/{name}/infer", openapi_extra=_INFER_BODY)
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY)
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferResponse,
+    responses=_INFERRED,
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferResponse,
+    responses=_INFERRED,
+    openapi_extra=_INFER_BODY,
+)
 async def infer(
     name: str, request: Request, runtime: RuntimeDep, version: str | None = None
 ) -> Response:

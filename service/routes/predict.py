@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.context import RuntimeDep
+from service.schemas import ErrorBody
 
 router = APIRouter(tags=["predict"])
 
@@ -34,16 +35,19 @@ class PredictResponse(BaseModel):
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    responses={422: {"description": "Bad input"}, 503: {"description": "No model yet"}},
+    responses={
+        422: {"model": ErrorBody, "description": "Bad input"},
+        503: {"model": ErrorBody, "description": "No model yet"},
+    },
 )
-async def predict(body: PredictRequest, runtime: RuntimeDep) -> dict[str, Any]:
+async def predict(body: PredictRequest, runtime: RuntimeDep) -> PredictResponse:
     inference = runtime.inference
     loaded = inference.served_version()
     task = inference.task_of(loaded, body.task)
     result = await inference.predict(loaded, task, inference.batch(loaded, body.inputs, "inputs"))
-    return {
-        "model_version": result.version,
-        "task": result.task,
-        "predictions": result.predictions.tolist(),
-        "probabilities": result.probabilities.tolist(),
-    }
+    return PredictResponse(
+        model_version=result.version,
+        task=result.task,
+        predictions=result.predictions.tolist(),
+        probabilities=result.probabilities.tolist(),
+    )

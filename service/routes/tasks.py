@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
+from mas_stream.records.task import TaskMeta
 from mas_stream.store.datasets import UnknownDataset
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
@@ -122,27 +123,42 @@ async def _submit_form(request: Request, runtime: Runtime) -> tuple[str, str]:
     return name, job_id
 
 
-def _describe(runtime: Runtime, name: str) -> dict[str, Any]:
+class TaskDescription(TaskMeta):
+    """A stored task's metadata (a field it was stored without is left out), and what the served
+    version makes of it."""
+
+    name: str
+    served: bool = Field(description="Whether the served version has learned the task.")
+    accuracy: float | None = Field(description="The served version's held-out accuracy on it.")
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskDescription]
+
+
+def _describe(runtime: Runtime, name: str) -> TaskDescription:
     meta = runtime.datasets.meta(name)
     loaded = runtime.served.current
     learned = loaded is not None and name in loaded.model.tasks
-    accuracy = (loaded.manifest.get("metrics") or {}).get("accuracy", {}) if loaded else {}
-    return {
-        "name": name,
-        **meta,
-        "served": learned,
-        "accuracy": accuracy.get(name) if learned else None,
-    }
+    accuracy = loaded.manifest.metrics.accuracy if loaded else {}
+    return TaskDescription(
+        name=name,
+        **meta.model_dump(exclude_none=True),
+        served=learned,
+        accuracy=accuracy.get(name) if learned else None,
+    )
 
 
-@router.get("")
-def list_tasks(runtime: RuntimeDep) -> dict[str, Any]:
+@router.get("", response_model_exclude_unset=True)
+def list_tasks(runtime: RuntimeDep) -> TaskList:
     """Stored tasks in arrival order; `served` says whether the served version has learned it."""
-    return {"tasks": [_describe(runtime, name) for name in runtime.datasets.names()]}
+    return TaskList(tasks=[_describe(runtime, name) for name in runtime.datasets.names()])
 
 
-@router.get("/{name}", responses={404: {"description": "No such task"}})
-def get_task(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+@router.get(
+    "/{name}", response_model_exclude_unset=True, responses={404: {"description": "No such task"}}
+)
+def get_task(name: str, runtime: RuntimeDep) -> TaskDescription:
     try:
         return _describe(runtime, name)
     except UnknownDataset:

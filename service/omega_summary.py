@@ -8,27 +8,25 @@ served version) change, and a scrape in between is a single small Redis read.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
-from mas.drift import layer_summary
 from mas_stream.store.omega import OmegaStore
-from mas_stream.store.registry import OMEGA_BOUNDARY, ModelRegistry
+from mas_stream.store.omega_summary import LayerSummary, OmegaSummarizer
+from mas_stream.store.registry import ModelRegistry
+from service.schemas import VersionCounts
 from service.state import ServedModel
 
-LayerSummary = dict[str, dict[str, float | None]]
 
-
-class ImportanceView:
+class OmegaSummary:
     def __init__(self, registry: ModelRegistry, omega: OmegaStore, served: ServedModel) -> None:
-        self._registry = registry
         self._omega = omega
+        self._summarizer = OmegaSummarizer(omega, registry)
         self._served = served
         self._lock = threading.Lock()
         self._cached: tuple[tuple[int, int], LayerSummary] | None = None
 
-    def counts(self, version: int) -> dict[str, Any]:
+    def counts(self, version: int) -> VersionCounts:
         counts = self._omega.counts(version)
-        return {"version": version, "samples": counts["total"], "tasks": counts["tasks"]}
+        return VersionCounts(version=version, samples=counts.total, tasks=counts.tasks)
 
     def layers(self) -> LayerSummary:
         """{layer: {mean, max, drift}} of the served version; drift against the Ω consolidated at
@@ -36,14 +34,10 @@ class ImportanceView:
         loaded = self._served.current
         if loaded is None:
             return {}
-        key = (loaded.version, int(self._omega.counts(loaded.version)["total"]))
+        key = (loaded.version, self._omega.counts(loaded.version).total)
         with self._lock:
             if self._cached is not None and self._cached[0] == key:
                 return self._cached[1]
-            merged = self._omega.merged(loaded.version)
-            summary: LayerSummary = {}
-            if merged is not None and merged.count > 0:
-                reference = self._registry.extra_tensors(loaded.version, OMEGA_BOUNDARY)
-                summary = layer_summary(merged.mean(), reference)
+            summary = self._summarizer.summarize(loaded.version)
             self._cached = (key, summary)
             return summary
