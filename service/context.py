@@ -25,7 +25,7 @@ from service.forwarder import SampleForwarder
 from service.inference import Inference
 from service.intake import TaskIntake
 from service.omega_summary import OmegaSummary
-from service.state import ServedModel
+from service.served_model import ServedModel
 
 REDIS_TIMEOUT_SECONDS = 2.0
 

@@ -12,7 +12,7 @@ from mas_stream.store.registry import LoadedVersion
 from service.batcher import MicroBatcher
 from service.forwarder import SampleForwarder
 from service.problems import NotServed, ServiceUnavailable, UnknownTask
-from service.state import ServedModel
+from service.served_model import ServedModel
 
 NO_MODEL_MESSAGE = (
     "no model is being served yet: POST a labeled task to /v1/tasks to train the first one"

@@ -23,7 +23,7 @@ from mas_stream.store.datasets import DatasetStore, parse_dataset_file, split_ho
 from mas_stream.store.jobs import JobQueue, new_job_id
 from mas_stream.store.registry import ModelRegistry
 from service.problems import InvalidValue, NameTaken
-from service.state import ServedModel
+from service.served_model import ServedModel
 
 # Job statuses after which a stored dataset trains nothing: its name is free again.
 ABANDONED = frozenset({JobStatus.FAILED, JobStatus.CANCELED})

@@ -21,7 +21,7 @@ from mas_stream.records.job import JobStatus
 from mas_stream.store.jobs import JobQueue
 from service.forwarder import SampleForwarder
 from service.omega_summary import OmegaSummary
-from service.state import ServedModel
+from service.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 

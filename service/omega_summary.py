@@ -13,7 +13,7 @@ from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import LayerSummary, OmegaSummarizer
 from mas_stream.store.registry import ModelRegistry
 from service.schemas import VersionCounts
-from service.state import ServedModel
+from service.served_model import ServedModel
 
 
 class OmegaSummary:

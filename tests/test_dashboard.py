@@ -28,7 +28,7 @@ from mas_stream.store.keys import Keys
 from service.context import build_runtime
 from service.metrics import RuntimeCollector, ServiceMetrics
 from tests.api_support import api_settings
-from worker import importance as importance_worker
+from worker import importance_metrics as importance_worker
 from worker import trainer as trainer_worker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,6 @@ import argparse
 import logging
 import socket
 import threading
-import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
@@ -23,12 +22,11 @@ from typing import Final
 
 import redis
 import torch
-from prometheus_client import Counter, Gauge
 
 from mas.accumulator import ImportanceAccumulator, all_finite
 from mas.importance import importance_sums
 from mas.model import MultiHeadNet
-from mas_stream.bootstrap import every, metrics_registry, run_worker
+from mas_stream.bootstrap import every, run_worker
 from mas_stream.records.omega import PartialCheckpoint
 from mas_stream.records.sample import CorruptSample, Sample, StreamEntry
 from mas_stream.settings import Settings
@@ -37,65 +35,19 @@ from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import OmegaSummarizer
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
+from worker.importance_metrics import (
+    BATCHES,
+    COMMIT_CONFLICTS,
+    DEAD_LETTERED,
+    LAST_UPDATE,
+    METRICS,
+    SAMPLES_APPLIED,
+    ImportanceGauges,
+)
 
 log = logging.getLogger(__name__)
 
 _MODEL_CACHE_SIZE: Final = 4
-_GAUGE_INTERVAL_S: Final = 1.0
-
-METRICS: Final = metrics_registry()
-SAMPLES_APPLIED = Counter(
-    "mas_importance_samples_applied",
-    "Forwarded rows whose importance was committed to Ω.",
-    registry=METRICS,
-)
-BATCHES = Counter(
-    "mas_importance_batches",
-    "Importance passes, one per (version, task) group of a read.",
-    registry=METRICS,
-)
-DEAD_LETTERED = Counter(
-    "mas_importance_dead_lettered",
-    "Stream entries moved to the dead-letter stream, by reason.",
-    ["reason"],
-    registry=METRICS,
-)
-COMMIT_CONFLICTS = Counter(
-    "mas_importance_commit_conflicts",
-    "Checkpoints refused because another consumer had reclaimed entries; the work is redone.",
-    registry=METRICS,
-)
-STREAM_LENGTH = Gauge(
-    "mas_importance_stream_length", "Entries in the sample stream.", registry=METRICS
-)
-STREAM_PENDING = Gauge(
-    "mas_importance_stream_pending",
-    "Entries delivered to a worker but not yet acknowledged.",
-    registry=METRICS,
-)
-STREAM_LAG = Gauge(
-    "mas_importance_stream_lag",
-    "Entries not yet delivered to any worker (NaN: unknown).",
-    registry=METRICS,
-)
-LAST_UPDATE = Gauge(
-    "mas_importance_last_update_timestamp_seconds",
-    "Time of the last committed Ω checkpoint.",
-    registry=METRICS,
-)
-LAYER_MEAN = Gauge(
-    "mas_importance_layer_mean", "Mean Ω of the current version.", ["layer"], registry=METRICS
-)
-LAYER_MAX = Gauge(
-    "mas_importance_layer_max", "Largest Ω of the current version.", ["layer"], registry=METRICS
-)
-LAYER_DRIFT = Gauge(
-    "mas_importance_layer_drift",
-    "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the current version against its task-boundary Ω.",
-    ["layer"],
-    registry=METRICS,
-)
-_LAYER_GAUGES: Final = {"mean": LAYER_MEAN, "max": LAYER_MAX, "drift": LAYER_DRIFT}
 
 
 class ImportanceWorker:
@@ -126,7 +78,9 @@ class ImportanceWorker:
         self._read_count = read_count
         self._block_ms = block_ms
         self._models: OrderedDict[int, MultiHeadNet] = OrderedDict()
-        self._summarizer = OmegaSummarizer(self._omega, registry)
+        self._gauges = ImportanceGauges(
+            self._stream, registry, OmegaSummarizer(self._omega, registry)
+        )
         # Uncommitted work: whole partials of the touched versions, the rows each task added to
         # them, and the entries they include.
         self._accumulators: dict[int, ImportanceAccumulator] = {}
@@ -135,9 +89,6 @@ class ImportanceWorker:
         )
         self._uncommitted: set[str] = set()
         self._reads_since_commit = 0
-        self._gauges_at = -_GAUGE_INTERVAL_S
-        self._layers_version: int | None = None
-        self._layers_stale = True
         self._stream.ensure_group()
 
     def __repr__(self) -> str:
@@ -163,7 +114,7 @@ class ImportanceWorker:
                 self._reads_since_commit += 1
             if not fresh or self._reads_since_commit >= self._settings.checkpoint_every:
                 self.checkpoint()
-        self._refresh_gauges()
+        self._gauges.refresh()
         return applied
 
     def run_forever(self, stop_event: threading.Event) -> None:
@@ -194,7 +145,7 @@ class ImportanceWorker:
         if committed:
             SAMPLES_APPLIED.inc(rows)
             LAST_UPDATE.set_to_current_time()
-            self._layers_stale = True
+            self._gauges.omega_changed()
             for version in self._accumulators.keys() - self._models.keys():
                 del self._accumulators[version]
         else:
@@ -310,34 +261,6 @@ class ImportanceWorker:
             partial = self._omega.load_partial(version, self.worker_id)
             self._accumulators[version] = ImportanceAccumulator() if partial is None else partial
         return self._accumulators[version]
-
-    def _refresh_gauges(self) -> None:
-        now = time.monotonic()
-        if now - self._gauges_at < _GAUGE_INTERVAL_S:
-            return
-        self._gauges_at = now
-        stats = self._stream.stats()
-        STREAM_LENGTH.set(stats.length)
-        STREAM_PENDING.set(stats.pending)
-        STREAM_LAG.set(float("nan") if stats.lag is None else stats.lag)
-        version = self._registry.current_version()
-        if version is not None and (self._layers_stale or version != self._layers_version):
-            self._refresh_layers(version)
-
-    def _refresh_layers(self, version: int) -> None:
-        summary = self._summarizer.summarize(version)
-        if not summary:
-            return
-        if version != self._layers_version:
-            for gauge in _LAYER_GAUGES.values():
-                gauge.clear()
-        for layer, values in summary.items():
-            for stat, gauge in _LAYER_GAUGES.items():
-                value = values[stat]
-                if value is not None:
-                    gauge.labels(layer=layer).set(value)
-        self._layers_version = version
-        self._layers_stale = False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
