@@ -11,6 +11,7 @@ import builtins
 import time
 import uuid
 from collections.abc import Sequence
+from string import Template
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import redis
@@ -46,62 +47,67 @@ class UnknownJob(LookupError):
     """No job with this id."""
 
 
+def _lua(source: str) -> str:
+    """Job statuses are spelled once, by JobStatus: the scripts name them as $queued, $running..."""
+    return Template(source).substitute({status.value: status.value for status in JobStatus})
+
+
 # KEYS[1] the job's hash; ARGV[1] the claiming trainer, ARGV[2] now, ARGV[3] the delivery's entry
 # id. Returns {status before the claim, previous worker}, or {'skip', ''} for a job not to run
 # (finished, unknown, or canceled now because a cancel was requested).
-_START_SCRIPT = """
+_START_SCRIPT = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then
+if not status or status == '$succeeded' or status == '$failed' or status == '$canceled' then
   return {'skip', ''}
 end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'status', '$canceled', 'finished_at', ARGV[2])
   return {'skip', ''}
 end
 local previous_worker = redis.call('HGET', KEYS[1], 'worker') or ''
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'entry', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', '$running', 'worker', ARGV[1], 'entry', ARGV[3])
 if redis.call('HGET', KEYS[1], 'started_at') == '' then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
 end
 return {status, previous_worker}
-"""
+""")
 
 # KEYS[1] the job's hash; ARGV[1] now. Returns 0 for an unknown job, else 1: a queued job is
 # canceled, a running one flagged for its trainer, a finished one left as it is.
-_CANCEL_SCRIPT = """
+_CANCEL_SCRIPT = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-elseif status == 'running' then
+if status == '$queued' then
+  redis.call('HSET', KEYS[1], 'status', '$canceled', 'finished_at', ARGV[1])
+elseif status == '$running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 end
 return 1
-"""
+""")
 
 # KEYS[1] the job's hash, KEYS[2] the job stream; ARGV[1] the consumer group, ARGV[2] the trainer.
 # Returns 1 with the delivery's idle time reset, or 0 when another trainer has reclaimed the job,
 # so a slow trainer cannot take back an entry it lost.
-_HEARTBEAT_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+_HEARTBEAT_SCRIPT = _lua("""
+if redis.call('HGET', KEYS[1], 'status') ~= '$running'
    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
   return 0
 end
 redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, redis.call('HGET', KEYS[1], 'entry'), 'JUSTID')
 return 1
-"""
+""")
 
 # The head of every script a trainer writes its job with. KEYS[1] the job's hash; ARGV[1] the
 # trainer. Returns 0 (and the script writes nothing) unless the job runs under this trainer: one
 # that lost its lease must not overwrite the outcome another trainer reported, nor acknowledge its
 # entry.
-_OWNED = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running'
+_OWNED = _lua("""
+if redis.call('HGET', KEYS[1], 'status') ~= '$running'
    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
   return 0
 end
-"""
+""")
 
 # _OWNED, then: ARGV[2..] the field, value... pairs to set. Returns 1 once written.
 _PROGRESS_SCRIPT = (

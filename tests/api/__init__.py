@@ -1,0 +1,1 @@
+"""Tests of the HTTP API, `service/`, against a real server."""

@@ -1,0 +1,81 @@
+"""The CLI as a user runs it, over real sockets: `mas-stream api` on its own embedded Redis
+stopped by SIGTERM, and `demo` and `submit` refused by a service that holds a task of another
+input shape."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mas_stream.bench.suites import load_suite
+from mas_stream.client import ServiceClient
+from mas_stream.demo import free_port, local_env
+from mas_stream.store.keys import Keys
+from tests.support.api import api_settings
+from tests.support.files import npz_bytes
+from tests.support.processes import alive, children_of
+from tests.support.serving import run_api
+
+
+def test_sigterm_stops_the_api_and_the_embedded_redis_it_started(tmp_path: Path) -> None:
+    port = free_port()
+    env = local_env(tmp_path / "data", port)
+    api = subprocess.Popen([sys.executable, "-m", "mas_stream", "api"], env=env)
+    redis_pid = None
+    try:
+        with ServiceClient(f"http://127.0.0.1:{port}") as client:
+            client.wait_until_live(timeout=120)
+        redis_pid = children_of(api.pid)["redis"]
+        api.send_signal(signal.SIGTERM)
+        assert api.wait(30) == 0
+        assert not alive(redis_pid)
+    finally:
+        if api.poll() is None:
+            api.kill()
+            api.wait()
+        if redis_pid is not None and alive(redis_pid):
+            os.kill(redis_pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def service_with_64_inputs(tmp_path: Path, redis_url: str, keys: Keys) -> Iterator[str]:
+    """A live API whose only task (queued; no trainer runs) has 64 inputs, as digits do."""
+    with run_api(api_settings(tmp_path, redis_url, keys)) as url, ServiceClient(url) as client:
+        digits = load_suite("split-digits").tasks[0]
+        client.submit_task("digits", digits.x_train.numpy(), digits.y_train.numpy())
+        yield url
+
+
+def mas_stream(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mas_stream", *argv], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_refused_prints_the_field_and_message_and_fails(service_with_64_inputs: str) -> None:
+    demo = mas_stream("demo", "--url", service_with_64_inputs, "--tasks", "1")
+    assert demo.returncode == 1
+    assert "Traceback" not in demo.stderr
+    refusal = demo.stderr.strip().splitlines()[-1]
+    assert refusal.startswith("the service refused the demo: POST /v1/tasks: 422 file.x: "), (
+        demo.stderr
+    )
+    assert "64" in refusal and "784" in refusal
+
+
+def test_submit_refused_prints_the_field_and_message_and_fails(
+    service_with_64_inputs: str, tmp_path: Path
+) -> None:
+    upload = tmp_path / "narrow.npz"
+    upload.write_bytes(npz_bytes(x=np.zeros((20, 3), np.float32), y=np.arange(20) % 2))
+    submitted = mas_stream("submit", "narrow", str(upload), "--url", service_with_64_inputs)
+    assert submitted.returncode == 1
+    assert submitted.stderr.strip().startswith("POST /v1/tasks: 422 file.x: "), submitted.stderr
+    assert "{" not in submitted.stderr

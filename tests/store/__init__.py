@@ -1,0 +1,1 @@
+"""Tests of the Redis and file plumbing, `mas_stream/store/`."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: settings, servers, uploads, files, processes."""

@@ -1,0 +1,1 @@
+"""Tests of the importance worker and the trainer, `worker/`."""
