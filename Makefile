@@ -10,7 +10,14 @@ TORCH_INDEX ?=
 
 .PHONY: setup serve test lint bench clean
 
+# wrk drives `mas-stream bench-serving`: installed where missing if we are root with apt-get;
+# otherwise one line says so, and setup still succeeds.
 setup: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
+		echo "wrk not installed: the serving benchmark needs it (apt-get install wrk)"
 
 # Without a GPU, pin the CPU build of torch first so the project's range is already met and pip
 # does not pull the multi-GB CUDA build. With a GPU, the range in pyproject.toml picks a CUDA build.

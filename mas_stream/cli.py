@@ -17,6 +17,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("submit",): ("mas_stream.submit", "Upload a task dataset and follow its training job."),
     ("demo",): ("mas_stream.demo", "Run the permuted-MNIST scenario against the service."),
     ("bench",): ("mas_stream.bench.command", "Run the continual-learning benchmark."),
+    ("bench-serving",): (
+        "mas_stream.bench.serving",
+        "Measure serving throughput next to a bare FastAPI + torch app (needs wrk).",
+    ),
 }
 
 
