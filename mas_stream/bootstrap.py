@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -109,6 +110,9 @@ def run_worker(
     loop until SIGTERM or SIGINT, which let the current step finish before it exits."""
     settings = Settings()
     client, server = connect(settings)
+    # Serving has priority over learning from what was served: under contention for the cores,
+    # the API and Redis (an embedded one was started just now, at normal priority) run first.
+    os.nice(settings.worker_nice)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -30,13 +30,17 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="One log line per request (metrics count them).")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
     max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
-    max_wait_ms: float = Field(2.0, description="Longest a request waits for batch-mates.")
+    max_wait_ms: float = Field(0.0, description="Longest a request waits for batch-mates.")
+    torch_threads: int = Field(1, ge=1, description="Torch threads of the API's forward pass.")
     model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
     model_name: str = Field("mas", description="Model name in the Open Inference Protocol (/v2).")
 
     # Forwarding samples to the importance worker.
     sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of inputs forwarded.")
     sample_buffer: int = Field(10_000, description="Rows held in memory while Redis is slow.")
+    forward_flush_ms: float = Field(
+        20.0, ge=0.0, description="Longest sampled rows wait to share one stream write."
+    )
     stream_maxlen: int = Field(1_000_000, description="Approximate cap on the sample stream.")
 
     # Compute.
@@ -49,6 +53,13 @@ class Settings(BaseSettings):
     )
     importance_batch: int = Field(256, description="Samples per importance pass.")
     checkpoint_every: int = Field(1, description="Stream reads between Ω checkpoints.")
+    importance_threads: int = Field(1, ge=1, description="Torch threads of the importance worker.")
+    importance_linger_ms: float = Field(
+        100.0, ge=0.0, description="Pause after a short read, so samples arrive in larger reads."
+    )
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="How much lower the workers' OS priority is than the API's."
+    )
     claim_min_idle_ms: int = Field(30_000, description="Idle time before entries are reclaimed.")
     dead_letter_after: int = Field(5, description="Deliveries before an entry is dead-lettered.")
     importance_metrics_port: int = Field(9101, description="Importance worker /metrics; 0: off.")

@@ -85,6 +85,7 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         SampleStream(client, keys, settings.stream_maxlen),
         sample_rate=settings.sample_rate,
         capacity=settings.sample_buffer,
+        flush_seconds=settings.forward_flush_ms / 1000,
     )
     batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms, on_forward)
     omega = OmegaStore(client, keys)

@@ -38,12 +38,14 @@ class SampleForwarder:
         sample_rate: float,
         capacity: int,
         rows_per_write: int = 2048,
+        flush_seconds: float = 0.0,
         seed: int | None = None,
     ) -> None:
         self._stream = stream
         self._rate = sample_rate
         self._capacity = capacity
         self._rows_per_write = rows_per_write
+        self._flush_seconds = flush_seconds
         self._random = np.random.default_rng(seed)
         self._buffer: deque[Sample] = deque()
         self._buffered = 0
@@ -98,6 +100,11 @@ class SampleForwarder:
         with self._wake:
             while not self._buffer and not self._stopping:
                 self._wake.wait()
+            # Rows that share one write cost Redis, and the importance worker, one entry.
+            self._wake.wait_for(
+                lambda: self._stopping or self._buffered >= self._rows_per_write,
+                self._flush_seconds,
+            )
             taken: list[Sample] = []
             rows = 0
             while self._buffer and (

@@ -7,6 +7,7 @@ import logging
 import signal
 from types import FrameType
 
+import torch
 import uvicorn
 
 from mas_stream.bootstrap import is_loopback, redis_url
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
             url, embedded = redis_url(settings)
             settings = settings.model_copy(update={"redis_url": url})
         _warn_if_open(settings)
+        # One thread per forward, as a bare app runs it: the workers and Redis share the cores.
+        torch.set_num_threads(settings.torch_threads)
         uvicorn.run(
             create_app(settings),
             host=settings.host,

@@ -89,6 +89,7 @@ class ImportanceWorker:
         )
         self._uncommitted: set[str] = set()
         self._reads_since_commit = 0
+        self._last_read_full = False
         self._stream.ensure_group()
 
     def __repr__(self) -> str:
@@ -103,6 +104,7 @@ class ImportanceWorker:
         if len(entries) < self._read_count:
             block_ms = None if entries else self._block_ms
             entries += self._stream.read(self.consumer, self._read_count - len(entries), block_ms)
+        self._last_read_full = len(entries) >= self._read_count
         # An entry can arrive twice in one loop (claimed, then in this consumer's backlog) and
         # again later while applied but uncommitted (reclaimed from itself): apply it once.
         fresh = list(
@@ -119,12 +121,18 @@ class ImportanceWorker:
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Until stop_event is set; the batch in hand is finished and committed before returning."""
+        linger_s = self._settings.importance_linger_ms / 1000
         while not stop_event.is_set():
             try:
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable (%s); retrying", exc)
                 stop_event.wait(1.0)
+            else:
+                if not self._last_read_full:
+                    # The worker keeps up: samples that gather meanwhile make one larger pass,
+                    # which costs less CPU per sample than many passes of one entry each.
+                    stop_event.wait(linger_s)
         self.checkpoint()
 
     def checkpoint(self) -> bool:
@@ -280,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
     def build(
         settings: Settings, client: redis.Redis, keys: Keys, device: torch.device
     ) -> ImportanceWorker:
+        torch.set_num_threads(settings.importance_threads)
         return ImportanceWorker(
             settings,
             client,
