@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A model version in a path: canonical decimal, so "03", "+3" or "3.0" never name version 3.
+VERSION_NUMBER = r"^(0|[1-9][0-9]*)$"
+
 
 class Liveness(BaseModel):
     status: str = Field(description='Always "ok" while the process answers.')

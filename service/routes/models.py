@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 
 from mas_stream.records.version import ModelListing, ServedVersions
 from mas_stream.store.registry import UnknownVersion
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError
+from service.schemas import VERSION_NUMBER
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -34,11 +37,17 @@ def list_models(runtime: RuntimeDep) -> ModelListing:
     dependencies=[Depends(require_admin)],
     responses={404: {"description": "No such version"}},
 )
-def activate(version: int, runtime: RuntimeDep) -> ServedVersions:
+def activate(
+    version: Annotated[
+        str, Path(pattern=VERSION_NUMBER, description="The version number, e.g. 3 (not 03).")
+    ],
+    runtime: RuntimeDep,
+) -> ServedVersions:
     """Other replicas follow on the notification; this one swaps before answering."""
+    number = int(version)
     try:
-        runtime.registry.activate(version)
+        runtime.registry.activate(number)
     except UnknownVersion:
-        raise ApiError(404, "version", f"model version {version} does not exist") from None
+        raise ApiError(404, "version", f"model version {number} does not exist") from None
     runtime.served.refresh()
-    return ServedVersions(current=version, served=_served_version(runtime))
+    return ServedVersions(current=number, served=_served_version(runtime))

@@ -24,6 +24,7 @@ from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
 from service.schemas import (
+    VERSION_NUMBER,
     InferResponse,
     ModelMetadata,
     ModelParameters,
@@ -81,10 +82,16 @@ def _is_count(text: str) -> bool:
     return re.fullmatch(r"[0-9]+", text) is not None
 
 
+def _is_version(text: str) -> bool:
+    return re.fullmatch(VERSION_NUMBER, text) is not None
+
+
 def _served_model(runtime: Runtime, name: str, version: str | None) -> LoadedVersion:
     _check_name(runtime, name)
-    if version is not None and not _is_count(version):
-        raise ApiError(404, "model_version", f"{version!r} is not a version number")
+    if version is not None and not _is_version(version):
+        raise ApiError(
+            404, "model_version", f"{version!r} is not a version number (canonical decimal, e.g. 3)"
+        )
     requested = None if version is None else int(version)
     return runtime.inference.served_version(requested, field="model_version")
 
