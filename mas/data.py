@@ -59,14 +59,26 @@ def _as_array(value: object, field: str) -> np.ndarray:
         raise DataValidationError(field, f"not a rectangular numeric array ({error})") from None
 
 
+def holds_bool(value: object) -> bool:
+    """numpy turns [1.5, true] into [1.5, 1.0]: a boolean among numbers is found only here."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, list | tuple):
+        if value and not isinstance(value[0], list | tuple):
+            return any(type(item) is bool for item in value)
+        return any(holds_bool(item) for item in value)
+    return False
+
+
 def validate_inputs(
     x: object, *, input_shape: Sequence[int] | None = None, field: str = "inputs"
 ) -> torch.Tensor:
-    """Real, finite, non-empty rows; reshaped to input_shape when one is given."""
+    """Real, finite, non-empty rows of numbers (not booleans); reshaped to input_shape when one is
+    given."""
     array = _as_array(x, field)
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
+    if array.dtype == np.bool_ or holds_bool(x):
+        raise DataValidationError(field, "must be numbers, got true/false")
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
         raise DataValidationError(field, f"must be numeric, got dtype {array.dtype}")
     if np.iscomplexobj(array):
         raise DataValidationError(field, f"must be real numbers, got dtype {array.dtype}")

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from mas.data import holds_bool
 from mas_stream.store.registry import LoadedVersion
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
@@ -258,6 +259,10 @@ def _input_values(tensor: InferInput, binary: bytes, input_shape: list[int]) -> 
         return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape).copy()
     if tensor.data is None:
         raise ApiError(422, "inputs[0].data", "is missing")
+    if holds_bool(tensor.data):
+        raise ApiError(
+            422, "inputs[0].data", f"must be numbers for {tensor.datatype}, got true/false"
+        )
     try:
         values = np.asarray(tensor.data)
     except ValueError:

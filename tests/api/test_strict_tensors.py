@@ -1,0 +1,51 @@
+"""Booleans are not numbers: a row holding true or false is refused, on every protocol, and
+nothing of it is served or forwarded."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mas_stream.store.keys import Keys
+from tests.support.api import Api, api_settings, snapshot
+from tests.support.serving import run_api
+from tests.support.versions import publish
+
+MIXED = [[0.5, True, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]
+ALL_BOOLEAN = [[True, False] * 4]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Api]:
+    keys = Keys(prefix=f"test-strict-{uuid.uuid4().hex[:8]}")
+    settings = api_settings(tmp_path_factory.mktemp("strict"), redis_url, keys)
+    version = publish(settings, {"t0": 3})
+    with run_api(settings) as base:
+        yield Api(base, settings, version)
+
+
+@pytest.mark.parametrize("rows", [MIXED, ALL_BOOLEAN], ids=["mixed", "all-boolean"])
+def test_predict_refuses_booleans(api: Api, rows: list[list[object]]) -> None:
+    before = snapshot(api.settings)
+    response = httpx.post(f"{api.base}/v1/predict", json={"inputs": rows})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "inputs" and "numbers" in error["message"]
+    assert snapshot(api.settings) == before
+
+
+@pytest.mark.parametrize("rows", [MIXED, ALL_BOOLEAN], ids=["mixed", "all-boolean"])
+def test_oip_json_refuses_booleans_as_fp32(api: Api, rows: list[list[object]]) -> None:
+    tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": rows[0]}
+    response = httpx.post(f"{api.base}/v2/models/mas/infer", json={"inputs": [tensor]})
+    assert response.status_code in (400, 422), response.text
+    assert "numbers" in response.json()["error"]
+
+
+def test_numbers_still_served(api: Api) -> None:
+    response = httpx.post(f"{api.base}/v1/predict", json={"inputs": [[0.5] * 8, [1, 2] * 4]})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 2
