@@ -15,9 +15,9 @@ from collections import Counter, deque
 
 import numpy as np
 import redis
-from redis.backoff import ExponentialBackoff
 
 from mas_stream.records.sample import Sample
+from mas_stream.store.reconnect import Reconnect
 from mas_stream.store.samples import SampleStream
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,7 @@ log = logging.getLogger(__name__)
 DROP_BUFFER_FULL = "buffer_full"
 DROP_REDIS_ERROR = "redis_error"
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_REDIS_ERROR)
-_RETRY_FIRST_SECONDS = 0.05
 _RETRY_CAP_SECONDS = 2.0
-_MOST_DOUBLINGS = 32  # far beyond the cap; counted further, 2**failures overflows a float
 
 
 class SampleForwarder:
@@ -117,8 +115,7 @@ class SampleForwarder:
             return taken
 
     def _drain_forever(self) -> None:
-        backoff = ExponentialBackoff(cap=_RETRY_CAP_SECONDS, base=_RETRY_FIRST_SECONDS)
-        failures = 0
+        reconnect = Reconnect(cap_seconds=_RETRY_CAP_SECONDS)
         while True:
             samples = self._take()
             if not samples:
@@ -129,8 +126,7 @@ class SampleForwarder:
             except (redis.RedisError, OSError) as error:
                 with self._lock:
                     self._dropped[DROP_REDIS_ERROR] += rows
-                delay = backoff.compute(failures)
-                failures = min(failures + 1, _MOST_DOUBLINGS)
+                delay = reconnect.failed()
                 log.warning(
                     "sample forwarding failed (%s); %d dropped, retry in %.2fs", error, rows, delay
                 )
@@ -138,6 +134,6 @@ class SampleForwarder:
                     if not self._stopping:
                         self._wake.wait_for(lambda: self._stopping, delay)
                 continue
-            failures = 0
+            reconnect.succeeded()
             with self._lock:
                 self._forwarded += rows

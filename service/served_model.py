@@ -14,16 +14,14 @@ import time
 
 import redis
 import torch
-from redis.backoff import ExponentialBackoff
 
 from mas_stream.store.keys import Keys
+from mas_stream.store.reconnect import FIRST_RETRY_SECONDS, Reconnect
 from mas_stream.store.registry import LoadedVersion, ModelRegistry
 
 log = logging.getLogger(__name__)
 
 _LISTEN_SLICE_SECONDS = 0.1  # how long stop() may wait for the watcher
-_RETRY_FIRST_SECONDS = 0.05
-_MOST_DOUBLINGS = 32  # far beyond the cap; counted further, 2**failures overflows a float
 
 
 class ServedModel:
@@ -85,19 +83,16 @@ class ServedModel:
         return loaded
 
     def _watch_forever(self) -> None:
-        cap = max(self._poll_seconds, _RETRY_FIRST_SECONDS)
-        backoff = ExponentialBackoff(cap=cap, base=_RETRY_FIRST_SECONDS)
-        failures = 0
+        reconnect = Reconnect(cap_seconds=max(self._poll_seconds, FIRST_RETRY_SECONDS))
         while not self._stop.is_set():
             try:
                 self._listen()
             except Exception as error:
-                delay = backoff.compute(failures)
-                failures = min(failures + 1, _MOST_DOUBLINGS)
+                delay = reconnect.failed()
                 log.warning("model watcher: %s; retrying in %.2fs", error, delay)
                 self._stop.wait(delay)
             else:
-                failures = 0
+                reconnect.succeeded()
 
     def _listen(self) -> None:
         with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
