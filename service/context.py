@@ -1,4 +1,9 @@
-"""Everything a request handler needs, built once per app from the settings, torn down with it."""
+"""Everything a request handler needs, built once per app from the settings, torn down with it.
+
+Two Redis clients: probes, the scrape and the admin routes wait on a quick one, so that they
+answer within a probe's timeout while Redis hangs; job submission, uploads and the background
+threads (model watcher, sample forwarder) keep a patient one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from mas_stream.bootstrap import resolve_device
@@ -28,11 +33,13 @@ from service.omega_summary import OmegaSummary
 from service.served_model import ServedModel
 
 REDIS_TIMEOUT_SECONDS = 2.0
+QUICK_REDIS_TIMEOUT_SECONDS = 0.4
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    quick_redis: redis.Redis  # declared before `redis`, which shadows the module in this body
     redis: redis.Redis
     registry: ModelRegistry
     jobs: JobQueue
@@ -56,13 +63,23 @@ class Runtime:
         self.forwarder.stop()
         self.served.stop()
         self.redis.close()
+        self.quick_redis.close()
 
 
 def fail_fast_redis(url: str) -> redis.Redis:
     """One quick retry (a pooled connection may be stale after a Redis restart), not redis-py's
-    default ten, so an admin request, a probe or a scrape answers promptly while Redis is away."""
+    default ten, so a submission or an upload fails promptly while Redis is away."""
     client = redis_client(url, timeout=REDIS_TIMEOUT_SECONDS)
     client.set_retry(Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1))
+    return client
+
+
+def quick_redis(url: str) -> redis.Redis:
+    """One short wait and no retry after a timeout: a hung Redis (stopped, partitioned) costs a
+    probe or an admin read well under a second, not a restart by a probe that timed out. A
+    refused or reset connection is still retried once, at once (stale after a Redis restart)."""
+    client = redis_client(url, timeout=QUICK_REDIS_TIMEOUT_SECONDS)
+    client.set_retry(Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)))
     return client
 
 
@@ -71,8 +88,9 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         raise ValueError("settings.redis_url must be set (service.main starts an embedded Redis)")
     keys = Keys(settings.key_prefix)
     client = fail_fast_redis(settings.redis_url)
+    quick = quick_redis(settings.redis_url)
     registry = ModelRegistry(client, keys, settings.models_dir)
-    jobs = JobQueue(client, keys)
+    quick_registry = ModelRegistry(quick, keys, settings.models_dir)
     datasets = DatasetStore(client, keys, settings.datasets_dir)
     served = ServedModel(
         registry,
@@ -88,20 +106,21 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         flush_seconds=settings.forward_flush_ms / 1000,
     )
     batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms, on_forward)
-    omega = OmegaStore(client, keys)
+    omega = OmegaStore(quick, keys)
     return Runtime(
         settings=settings,
         redis=client,
-        registry=registry,
-        jobs=jobs,
+        quick_redis=quick,
+        registry=quick_registry,
+        jobs=JobQueue(quick, keys),
         datasets=datasets,
         omega=omega,
         served=served,
         forwarder=forwarder,
         batcher=batcher,
         inference=Inference(served, batcher, forwarder),
-        intake=TaskIntake(settings, served, datasets, jobs, registry),
-        importance=OmegaSummary(registry, omega, served),
+        intake=TaskIntake(settings, served, datasets, JobQueue(client, keys), registry),
+        importance=OmegaSummary(quick_registry, omega, served),
     )
 
 

@@ -223,6 +223,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     def build(settings: Settings, client: redis.Redis, keys: Keys, device: torch.device) -> Trainer:
         consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        return Trainer(settings, client, keys, consumer=consumer, device=device)
+        trainer = Trainer(settings, client, keys, consumer=consumer, device=device)
+        trainer.registry.remove_abandoned_staging()
+        return trainer
 
     return run_worker(build, lambda settings: settings.trainer_metrics_port, METRICS)

@@ -2,14 +2,19 @@
 
 A version directory appears complete or not at all (written elsewhere, then renamed), and is
 never changed afterwards; serving another version is one SET of the pointer plus a notification.
+A staging directory is named after its writer (`.v<N>.<pid>@<host>.<random>`), so the one a killed
+writer left behind can be told from one being written now, and removed at a writer's start-up.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,13 @@ from mas_stream.store.files import fsync_directory
 from mas_stream.store.keys import Keys
 from mas_stream.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
 
+log = logging.getLogger(__name__)
+
 _VERSION_DIRECTORY = re.compile(r"^v(\d+)$")
+# Groups: the writer's pid and host; absent in the names of writers older than the owner naming.
+_STAGING_DIRECTORY = re.compile(r"^\.v\d+\.(?:(\d+)@(.+)\.)?[^.]+$")
+# Whether another host's writer lives cannot be asked; no publish takes anywhere near this long.
+FOREIGN_STAGING_AGE_SECONDS = 3600.0
 # Read-only files guard immutability; the directory stays readable by processes of other users
 # sharing the volume (mkdtemp makes it owner-only).
 _READ_ONLY_FILE_MODE = 0o444
@@ -49,6 +60,12 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', ARGV[2], cjson.encode({event = 'activated', version = tonumber(ARGV[1])}))
 return 1
 """
+
+
+# Staging directories this process is writing now. Its own pid alone cannot tell: a restarted
+# container's process often gets the pid (1) that its killed predecessor had.
+_OWN_STAGING: set[str] = set()
+_OWN_STAGING_LOCK = threading.Lock()
 
 
 class UnknownVersion(LookupError):
@@ -81,7 +98,10 @@ class ModelRegistry:
         """Writes a new version without activating it; returns its number."""
         self._models_dir.mkdir(parents=True, exist_ok=True)
         version = self._allocate_version()
-        staging = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=self._models_dir))
+        with _OWN_STAGING_LOCK:
+            owner = f"{os.getpid()}@{_host_name()}"
+            staging = Path(tempfile.mkdtemp(prefix=f".v{version}.{owner}.", dir=self._models_dir))
+            _OWN_STAGING.add(staging.name)
         try:
             manifest = VersionManifest(
                 version=version,
@@ -100,8 +120,25 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            _OWN_STAGING.discard(staging.name)
         fsync_directory(self._models_dir)
         return version
+
+    def remove_abandoned_staging(self) -> list[Path]:
+        """For a writer's start-up: a writer killed inside `publish` leaves its staging directory
+        for ever otherwise. Its version number stays skipped, which breaks nothing."""
+        if not self._models_dir.is_dir():
+            return []
+        removed = []
+        with _OWN_STAGING_LOCK:
+            for path in self._models_dir.iterdir():
+                match = _STAGING_DIRECTORY.match(path.name)
+                if match and path.is_dir() and _abandoned(path, match.group(1), match.group(2)):
+                    log.warning("removing %s, left by a publish that never finished", path)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        return removed
 
     def activate(self, version: int) -> None:
         """Serve `version` whatever is served now (an operator's promote or rollback)."""
@@ -170,3 +207,30 @@ class ModelRegistry:
         if not directory.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return directory
+
+
+def _host_name() -> str:
+    """As it appears in staging names: no character that a path or the name pattern treats apart."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
+
+
+def _abandoned(staging: Path, pid: str | None, host: str | None) -> bool:
+    if pid is not None and host == _host_name():
+        return not _writer_alive(int(pid), staging.name)
+    try:
+        age = time.time() - staging.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > FOREIGN_STAGING_AGE_SECONDS
+
+
+def _writer_alive(pid: int, staging_name: str) -> bool:
+    if pid == os.getpid():
+        return staging_name in _OWN_STAGING
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, and another user's
+    return True

@@ -31,7 +31,7 @@ def ready(runtime: RuntimeDep) -> JSONResponse:
     answered but samples are dropped and admin endpoints fail until it returns."""
     loaded = runtime.served.current
     try:
-        runtime.redis.ping()
+        runtime.quick_redis.ping()
         redis_state = "ok"
     except (redis.RedisError, OSError) as error:
         redis_state = f"unreachable: {error}"
