@@ -9,7 +9,6 @@ data may be JSON or the binary tensor data extension (Inference-Header-Content-L
 from __future__ import annotations
 
 import json
-import math
 import re
 from importlib.metadata import version as package_version
 from typing import Any
@@ -19,11 +18,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from mas.data import holds_bool
 from mas_stream.store.registry import LoadedVersion
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
+from service.oip_inputs import INPUT_NAME, InferInput, input_values
 from service.schemas import (
     VERSION_NUMBER,
     InferResponse,
@@ -40,7 +39,6 @@ from service.schemas import (
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-INPUT_TYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 OUTPUT_TYPES: dict[str, tuple[str, np.dtype]] = {
     "probabilities": ("FP32", np.dtype("<f4")),
     "predictions": ("INT64", np.dtype("<i8")),
@@ -49,14 +47,6 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
     404: {"model": OipErrorBody, "description": "Unknown model, or a version not served"},
     503: {"model": OipErrorBody, "description": "No model to serve yet"},
 }
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
 
 
 class RequestedOutput(BaseModel):
@@ -128,7 +118,7 @@ def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -
         versions=[str(loaded.version)],
         platform="pytorch",
         inputs=[
-            TensorMetadata(name="input", datatype="FP32", shape=[-1, *loaded.model.input_shape])
+            TensorMetadata(name=INPUT_NAME, datatype="FP32", shape=[-1, *loaded.model.input_shape])
         ],
         outputs=[
             TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, -1]),
@@ -199,7 +189,7 @@ async def infer(
         raise ApiError(
             422, "inputs", f"exactly one input tensor is expected, got {len(body.inputs)}"
         )
-    values = _input_values(body.inputs[0], binary, loaded.model.input_shape)
+    values = input_values(body.inputs[0], binary, loaded.model.input_shape)
     batch = runtime.inference.batch(loaded, values, "inputs[0].data")
     requested = _requested_outputs(body)
     result = await runtime.inference.predict(loaded, task, batch)
@@ -223,57 +213,6 @@ async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
     return parse_model(InferRequest, parse_json(header)), binary
 
 
-def _input_values(tensor: InferInput, binary: bytes, input_shape: list[int]) -> np.ndarray:
-    """The tensor's numbers in its declared shape: [n, *input_shape], or rows flattened."""
-    dtype = INPUT_TYPES.get(tensor.datatype)
-    if dtype is None:
-        raise ApiError(
-            422,
-            "inputs[0].datatype",
-            f"must be one of {sorted(INPUT_TYPES)}, got {tensor.datatype!r}",
-        )
-    shape = tensor.shape
-    if (
-        not shape
-        or any(size < 0 for size in shape)
-        or (shape[1:] != input_shape and shape[1:] != [math.prod(input_shape)])
-    ):
-        raise ApiError(
-            422, "inputs[0].shape", f"must be [n, {', '.join(map(str, input_shape))}], got {shape}"
-        )
-    count = math.prod(shape)
-    binary_size = (tensor.parameters or {}).get("binary_data_size")
-    if binary_size is not None:
-        if (
-            not isinstance(binary_size, int)
-            or binary_size != count * dtype.itemsize
-            or binary_size > len(binary)
-        ):
-            raise ApiError(
-                422,
-                "inputs[0].parameters.binary_data_size",
-                f"must be {count * dtype.itemsize} ({tensor.datatype} {shape}), "
-                "and that many bytes must follow the JSON header",
-            )
-        # A copy: the request bytes are read-only, tensors made from them must not be.
-        return np.frombuffer(binary, dtype=dtype, count=count).reshape(shape).copy()
-    if tensor.data is None:
-        raise ApiError(422, "inputs[0].data", "is missing")
-    if holds_bool(tensor.data):
-        raise ApiError(
-            422, "inputs[0].data", f"must be numbers for {tensor.datatype}, got true/false"
-        )
-    try:
-        values = np.asarray(tensor.data)
-    except ValueError:
-        raise ApiError(422, "inputs[0].data", "must be a flat or nested list of numbers") from None
-    if values.size != count:
-        raise ApiError(
-            422, "inputs[0].data", f"has {values.size} values, shape {shape} needs {count}"
-        )
-    return values.reshape(shape)
-
-
 def _wants_binary(body: InferRequest, requested: RequestedOutput | None) -> bool:
     if requested is not None:
         return bool((requested.parameters or {}).get("binary_data", False))
@@ -284,6 +223,10 @@ def _requested_outputs(body: InferRequest) -> list[tuple[str, RequestedOutput | 
     """Checked before predicting, so a refused request is neither computed nor forwarded."""
     if body.outputs is None:
         return [(output, None) for output in OUTPUT_TYPES]
+    if not body.outputs:
+        raise ApiError(
+            422, "outputs", f"names no output: name some of {list(OUTPUT_TYPES)}, or leave it out"
+        )
     for index, output in enumerate(body.outputs):
         if output.name not in OUTPUT_TYPES:
             raise ApiError(

@@ -3,10 +3,12 @@ nothing of it is served or forwarded."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 from mas_stream.store.keys import Keys
@@ -49,3 +51,42 @@ def test_numbers_still_served(api: Api) -> None:
     response = httpx.post(f"{api.base}/v1/predict", json={"inputs": [[0.5] * 8, [1, 2] * 4]})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 2
+
+
+def _infer(api: Api, body: dict, binary: bytes = b"") -> httpx.Response:
+    header = json.dumps(body).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header))} if binary else {}
+    return httpx.post(f"{api.base}/v2/models/mas/infer", content=header + binary, headers=headers)
+
+
+def _refused(response: httpx.Response, field: str) -> None:
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(f"{field}: "), response.text
+
+
+def test_oip_refuses_an_input_the_model_does_not_have(api: Api) -> None:
+    tensor = {"name": "pixels", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    _refused(_infer(api, {"inputs": [tensor]}), "inputs[0].name")
+
+
+def test_oip_refuses_bytes_after_the_last_binary_tensor(api: Api) -> None:
+    row = np.full(8, 0.5, dtype="<f4").tobytes()
+    tensor = {
+        "name": "input",
+        "shape": [1, 8],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(row)},
+    }
+    assert _infer(api, {"inputs": [tensor]}, row).status_code == 200
+    _refused(
+        _infer(api, {"inputs": [tensor]}, row + b"\0" * 4), "inputs[0].parameters.binary_data_size"
+    )
+    json_tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    _refused(_infer(api, {"inputs": [json_tensor]}, row), "inputs[0].parameters.binary_data_size")
+
+
+def test_oip_refuses_an_empty_list_of_outputs(api: Api) -> None:
+    before = snapshot(api.settings)
+    tensor = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    _refused(_infer(api, {"inputs": [tensor], "outputs": []}), "outputs")
+    assert snapshot(api.settings) == before
