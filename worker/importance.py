@@ -35,6 +35,8 @@ from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import OmegaSummarizer
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
+from mas_stream.store.worker_ids import LEASE_SECONDS as ID_LEASE_SECONDS
+from mas_stream.store.worker_ids import WorkerIdClaim, claim_worker_id
 from worker.importance_metrics import (
     BATCHES,
     COMMIT_CONFLICTS,
@@ -67,8 +69,10 @@ class ImportanceWorker:
         device: str | torch.device = "cpu",
         read_count: int = 64,
         block_ms: int = 1000,
+        id_claim: WorkerIdClaim | None = None,
     ) -> None:
         self._settings = settings
+        self._id_claim = id_claim
         self._stream = SampleStream(redis_client, keys, settings.stream_maxlen)
         self._omega = OmegaStore(redis_client, keys)
         self._registry = registry
@@ -120,7 +124,25 @@ class ImportanceWorker:
         return applied
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Until stop_event is set; the batch in hand is finished and committed before returning."""
+        """Until stop_event is set; the batch in hand is finished and committed before returning.
+        The worker id's claim is renewed meanwhile; a worker that lost it stops."""
+        claim = self._id_claim
+        if claim is None:
+            self._loop(stop_event)
+            return
+
+        def renew() -> None:
+            if not claim.renew():
+                log.error("lost the claim on worker id %s; stopping", self.worker_id)
+                stop_event.set()
+
+        try:
+            with every(ID_LEASE_SECONDS / 3, renew, name=f"claim-{self.worker_id}"):
+                self._loop(stop_event)
+        finally:
+            claim.release()
+
+    def _loop(self, stop_event: threading.Event) -> None:
         linger_s = self._settings.importance_linger_ms / 1000
         while not stop_event.is_set():
             try:
@@ -274,8 +296,9 @@ class ImportanceWorker:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-id",
-        default=socket.gethostname(),
-        help="Id of this worker's Ω partial: keep it across restarts, unique among live workers.",
+        default=None,
+        help="Id of this worker's Ω partial, held by one live worker at a time (default: the "
+        "first free one of <hostname>, <hostname>-2, ...).",
     )
     parser.add_argument(
         "--consumer",
@@ -289,14 +312,16 @@ def run(args: argparse.Namespace) -> int:
         settings: Settings, client: redis.Redis, keys: Keys, device: torch.device
     ) -> ImportanceWorker:
         torch.set_num_threads(settings.importance_threads)
+        claim = claim_worker_id(client, keys, args.worker_id, socket.gethostname())
         return ImportanceWorker(
             settings,
             client,
             keys,
             ModelRegistry(client, keys, settings.models_dir),
-            worker_id=args.worker_id,
-            consumer=args.consumer or f"{args.worker_id}-{uuid.uuid4().hex[:8]}",
+            worker_id=claim.worker_id,
+            consumer=args.consumer or f"{claim.worker_id}-{uuid.uuid4().hex[:8]}",
             device=device,
+            id_claim=claim,
         )
 
     return run_worker(build, lambda settings: settings.importance_metrics_port, METRICS)

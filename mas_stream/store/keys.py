@@ -42,6 +42,10 @@ class Keys:
         """Hash: task -> samples applied to Ω for one model version."""
         return f"{self.prefix}:omega:{version}:tasks"
 
+    def worker_id_claim(self, worker_id: str) -> str:
+        """Lock held by the one live importance worker that writes this Ω partial id."""
+        return f"{self.prefix}:omega:worker:{worker_id}"
+
     def omega_revisions(self, version: int) -> str:
         """Hash: worker id -> how many commits wrote its partial (compare-and-set token)."""
         return f"{self.prefix}:omega:{version}:revisions"
