@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mas_stream.bench.suites import NUM_TASKS
 from mas_stream.client import ServiceClient, ServiceError, is_live
 from mas_stream.scenario import SERVICE_ENV, ScenarioFailed, run_scenario
 
@@ -83,10 +84,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"),
         help="Service to use; a fresh one is started if it is not reachable.",
     )
-    parser.add_argument("--token", default=os.environ.get("MAS_ADMIN_TOKEN"))
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--lambda", dest="lam", type=float)
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MAS_ADMIN_TOKEN"),
+        help="Admin bearer token of the service (default: $MAS_ADMIN_TOKEN).",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=_task_count,
+        default=4,
+        help=f"Permuted-MNIST tasks to learn one after the other, 1 to {NUM_TASKS} (default: 4).",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="Epochs per task (default: the service's MAS_EPOCHS)."
+    )
+    parser.add_argument(
+        "--lambda", dest="lam", type=float, help="Penalty λ (default: the service's MAS_LAMBDA)."
+    )
+
+
+def _task_count(text: str) -> int:
+    """argparse shows a ValueError's message as one line naming the option."""
+    count = int(text)
+    if not 1 <= count <= NUM_TASKS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {NUM_TASKS}, got {count}")
+    return count
 
 
 def _run(url: str, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ input shape."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mas_stream import demo, submit
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.demo import free_port, local_env
@@ -79,3 +81,21 @@ def test_submit_refused_prints_the_field_and_message_and_fails(
     assert submitted.returncode == 1
     assert submitted.stderr.strip().startswith("POST /v1/tasks: 422 file.x: "), submitted.stderr
     assert "{" not in submitted.stderr
+
+
+@pytest.mark.parametrize("tasks", ["0", "-1", "6"])
+def test_demo_refuses_a_task_count_it_cannot_run_in_one_line(tasks: str) -> None:
+    result = mas_stream("demo", "--tasks", tasks, "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"mas-stream demo: error: argument --tasks: must be 1 to 5, got {tasks}"
+    )
+
+
+@pytest.mark.parametrize("command", ["submit", "demo"])
+def test_every_client_option_has_help(command: str) -> None:
+    parser = argparse.ArgumentParser()
+    (submit if command == "submit" else demo).configure(parser)
+    missing = [action.dest for action in parser._actions if not action.help]
+    assert missing == []
