@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +14,24 @@ import numpy as np
 
 from mas_stream.records.job import FINAL_STATUSES, Job, JobParams
 from mas_stream.records.version import ModelListing
+
+
+def add_client_options(parser: argparse.ArgumentParser, url_help: str) -> None:
+    """The options every command that trains through a running service takes."""
+    parser.add_argument(
+        "--url", default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"), help=url_help
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MAS_ADMIN_TOKEN"),
+        help="Admin bearer token of the service (default: $MAS_ADMIN_TOKEN).",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="Epochs per task (default: the service's MAS_EPOCHS)."
+    )
+    parser.add_argument(
+        "--lambda", dest="lam", type=float, help="Penalty λ (default: the service's MAS_LAMBDA)."
+    )
 
 
 def is_live(url: str, timeout: float = 2.0) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mas_stream.bench.suites import NUM_TASKS
-from mas_stream.client import ServiceClient, ServiceError, is_live
+from mas_stream.client import ServiceClient, ServiceError, add_client_options, is_live
 from mas_stream.scenario import SERVICE_ENV, ScenarioFailed, run_scenario
 
 
@@ -79,32 +79,17 @@ def fresh_service(env_overrides: dict[str, str] | None = None) -> Iterator[Runni
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"),
-        help="Service to use; a fresh one is started if it is not reachable.",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("MAS_ADMIN_TOKEN"),
-        help="Admin bearer token of the service (default: $MAS_ADMIN_TOKEN).",
-    )
+    add_client_options(parser, "Service to use; a fresh one is started if it is not reachable.")
     parser.add_argument(
         "--tasks",
         type=_task_count,
         default=4,
         help=f"Permuted-MNIST tasks to learn one after the other, 1 to {NUM_TASKS} (default: 4).",
     )
-    parser.add_argument(
-        "--epochs", type=int, help="Epochs per task (default: the service's MAS_EPOCHS)."
-    )
-    parser.add_argument(
-        "--lambda", dest="lam", type=float, help="Penalty λ (default: the service's MAS_LAMBDA)."
-    )
 
 
 def _task_count(text: str) -> int:
-    """argparse shows a ValueError's message as one line naming the option."""
+    """argparse shows an ArgumentTypeError's message as one line naming the option."""
     count = int(text)
     if not 1 <= count <= NUM_TASKS:
         raise argparse.ArgumentTypeError(f"must be 1 to {NUM_TASKS}, got {count}")

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from mas_stream.client import ServiceClient, ServiceError
+from mas_stream.client import ServiceClient, ServiceError, add_client_options
 from mas_stream.records.job import Job, JobParams, JobStatus
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="Task name (letters, digits, '-', '_').")
     parser.add_argument("file", type=Path, help=".npz with arrays x and y, or CSV with 'label'.")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"),
-        help="The service (default: $MAS_URL, else http://127.0.0.1:8000).",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("MAS_ADMIN_TOKEN"),
-        help="Admin bearer token of the service (default: $MAS_ADMIN_TOKEN).",
-    )
-    parser.add_argument("--epochs", type=int, help="Epochs (default: the service's MAS_EPOCHS).")
-    parser.add_argument(
-        "--lambda", dest="lam", type=float, help="Penalty λ (default: the service's MAS_LAMBDA)."
-    )
+    add_client_options(parser, "The service (default: $MAS_URL, else http://127.0.0.1:8000).")
     parser.add_argument(
         "--holdout-fraction",
         type=float,
