@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
     max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
     max_wait_ms: float = Field(0.0, description="Longest a request waits for batch-mates.")
+    max_rows: int = Field(
+        65536, ge=1, description="Most rows in one predict request; more get 413."
+    )
     torch_threads: int = Field(1, ge=1, description="Torch threads of the API's forward pass.")
     model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
     model_name: str = Field("mas", description="Model name in the Open Inference Protocol (/v2).")

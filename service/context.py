@@ -25,9 +25,8 @@ from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import redis_client
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
-from service.batcher import MicroBatcher
 from service.forwarder import SampleForwarder
-from service.inference import Inference
+from service.inference import Inference, MicroBatcher
 from service.intake import TaskIntake
 from service.omega_summary import OmegaSummary
 from service.served_model import ServedModel
@@ -118,7 +117,7 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         served=served,
         forwarder=forwarder,
         batcher=batcher,
-        inference=Inference(served, batcher, forwarder),
+        inference=Inference(served, batcher, forwarder, settings.max_rows),
         intake=TaskIntake(settings, served, datasets, JobQueue(client, keys), registry),
         importance=OmegaSummary(quick_registry, omega, served),
     )

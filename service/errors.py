@@ -26,6 +26,7 @@ from service.problems import (
     NotServed,
     Problem,
     ServiceUnavailable,
+    TooLarge,
     UnknownTask,
 )
 
@@ -42,6 +43,7 @@ STATUS: dict[type[Exception], int] = {
     UnknownTask: 422,
     NameTaken: 409,
     InvalidValue: 422,
+    TooLarge: 413,
 }
 
 

@@ -34,3 +34,7 @@ class NameTaken(Problem):
 
 class InvalidValue(Problem):
     """A value the request gives is well-formed but cannot be used."""
+
+
+class TooLarge(Problem):
+    """The request holds more than this service takes at once; a smaller one would be served."""

@@ -21,8 +21,8 @@ import torch
 import mas
 from mas_stream.store.keys import Keys
 from mas_stream.store.registry import LoadedVersion
-from service.batcher import MicroBatcher
 from service.errors import headers_of, status_of
+from service.inference import MicroBatcher
 from service.problems import ServiceUnavailable
 from tests.support.api import Api, api_settings, metric, rows, snapshot, upload
 from tests.support.files import npz_bytes
@@ -30,6 +30,7 @@ from tests.support.serving import run_api
 from tests.support.versions import SPEC, publish
 
 MAX_BODY = 64 * 1024
+MAX_ROWS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,11 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ap
     """One server for the module: every test here must leave its state as it found it."""
     keys = Keys(prefix=f"test-bad-{uuid.uuid4().hex[:8]}")
     settings = api_settings(
-        tmp_path_factory.mktemp("bad-input"), redis_url, keys, max_body_bytes=MAX_BODY
+        tmp_path_factory.mktemp("bad-input"),
+        redis_url,
+        keys,
+        max_body_bytes=MAX_BODY,
+        max_rows=MAX_ROWS,
     )
     version = publish(settings, {"t0": 3})
     with run_api(settings) as base:
@@ -213,6 +218,17 @@ def test_body_too_large(api: Api) -> None:
         )
     after = refusals_counted()
     assert {route: after[route] - before[route] for route in routes} == routes
+
+
+def test_more_rows_than_a_request_may_hold(api: Api) -> None:
+    """Refused before conversion, on both protocols."""
+    with no_state_change(api):
+        response = predict(api, {"inputs": rows(MAX_ROWS + 1)})
+        assert f"at most {MAX_ROWS}" in refused(response, 413, "inputs")
+        oip = {"name": "input", "shape": [MAX_ROWS + 1, 8], "datatype": "FP32"}
+        response = infer(api, [oip | {"data": [0.5] * (8 * (MAX_ROWS + 1))}])
+        assert response.status_code == 413, response.text
+        assert "MAS_MAX_ROWS" in response.json()["error"]
 
 
 def test_unknown_version(api: Api) -> None:
