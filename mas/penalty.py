@@ -10,7 +10,10 @@ class QuadraticAnchor:
     """No ½ factor (docs/method.md). Parameters absent from `importance` (a new task's head) are
     free.
 
-    The hot path is three foreach kernels and one reduction: d = θ − θ*, w = √Ω ⊙ d, Σ‖w‖².
+    Training does not differentiate the penalty: `add_gradient` adds its exact gradient
+    2λΩ(θ − θ*) to the gradients backward left, with four foreach kernels and no autograd graph
+    (a training step then costs little more than fine-tuning's). Calling the anchor gives the
+    differentiable value, for whoever wants autograd through it.
     """
 
     def __init__(
@@ -48,6 +51,33 @@ class QuadraticAnchor:
         self._sqrt_weight = [t.to(device) for t in self._sqrt_weight]
         return self
 
+    @property
+    def active(self) -> bool:
+        """At λ = 0, or with nothing anchored, the penalty is zero and training skips it."""
+        return self.lam > 0 and bool(self.names)
+
+    @torch.no_grad()
+    def add_gradient(self, model: nn.Module) -> torch.Tensor:
+        """Adds 2λΩ(θ − θ*) to each anchored parameter's `.grad` and returns the penalty's value.
+        A parameter without a gradient (a head the step does not train) is left without one."""
+        parameters = dict(model.named_parameters())
+        weighted = self._weighted_differences([parameters[name] for name in self.names])
+        trained = [
+            (parameters[name].grad, w, sqrt_weight)
+            for name, w, sqrt_weight in zip(self.names, weighted, self._sqrt_weight, strict=True)
+            if parameters[name].grad is not None
+        ]
+        if trained:
+            grads, differences, weights = (list(column) for column in zip(*trained, strict=True))
+            torch._foreach_addcmul_(grads, differences, weights, value=2.0)
+        return torch.stack(torch._foreach_norm(weighted)).square().sum()
+
+    def _weighted_differences(self, current: list[torch.Tensor]) -> list[torch.Tensor]:
+        """√(λΩ) ⊙ (θ − θ*), whose squared norm summed is the penalty."""
+        return list(
+            torch._foreach_mul(torch._foreach_sub(current, self._anchor), self._sqrt_weight)
+        )
+
     def gradient(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """2λΩ(θ − θ*): what the penalty adds to each anchored parameter's gradient."""
         parameters = dict(model.named_parameters())
@@ -62,5 +92,4 @@ class QuadraticAnchor:
         current: list[torch.Tensor] = [parameters[name] for name in self.names]
         if not current:
             return torch.zeros(())
-        weighted = torch._foreach_mul(torch._foreach_sub(current, self._anchor), self._sqrt_weight)
-        return torch.stack(torch._foreach_norm(weighted)).square().sum()
+        return torch.stack(torch._foreach_norm(self._weighted_differences(current))).square().sum()

@@ -117,6 +117,7 @@ def train_tasks(
     steps_per_epoch = sum(-(-x.shape[0] // config.batch_size) for _, x, _ in tasks)
     total_steps = steps_per_epoch * config.epochs
     step, loss_value = 0, float("nan")
+    penalty = anchor if anchor is not None and anchor.active else None
     was_training = model.training
     model.train()
     try:
@@ -127,10 +128,10 @@ def train_tasks(
                 name, x, y = tasks[index]
                 logits = model(x[rows].to(device), name)
                 loss = nn.functional.cross_entropy(logits, y[rows].to(device))
-                if anchor is not None:
-                    loss = loss + anchor(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if penalty is not None:
+                    loss = loss.detach() + penalty.add_gradient(model)
                 for observer in observers:
                     observer.before_step(model)
                 optimizer.step()

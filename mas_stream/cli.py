@@ -21,8 +21,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "mas_stream.bench.serving",
         "Measure serving throughput next to a bare FastAPI + torch app (needs wrk).",
     ),
+    ("bench-training",): (
+        "mas_stream.bench.training_speed",
+        "Measure a training step with the MAS penalty against plain fine-tuning.",
+    ),
 }
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mas-stream", description=__doc__)
