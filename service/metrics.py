@@ -26,10 +26,16 @@ from service.served_model import ServedModel
 log = logging.getLogger(__name__)
 
 JOBS_SCANNED = 1000
+# The served version's Ω per layer: `mas_model_*`, as everything this replica serves, so the
+# importance worker's own `mas_importance_layer_*` (the registry's current version) never shares
+# a name with them.
 LAYER_SERIES = {
-    "mean": "Mean Ω of the served version, per layer.",
-    "max": "Largest Ω of the served version, per layer.",
-    "drift": "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the served version, per layer.",
+    "mean": ("mas_model_importance_layer_mean", "Mean Ω of the served version, per layer."),
+    "max": ("mas_model_importance_layer_max", "Largest Ω of the served version, per layer."),
+    "drift": (
+        "mas_model_importance_layer_drift_ratio",
+        "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the served version, per layer.",
+    ),
 }
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -49,8 +55,8 @@ class ServiceMetrics:
             ["route", "method"],
             registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "mas_predict_batch_size",
+        self.batch_rows = Histogram(
+            "mas_predict_batch_rows",
             "Rows per forward pass after micro-batching.",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
@@ -105,6 +111,11 @@ class RuntimeCollector(Collector):
             "Input rows written to the sample stream.",
             value=self._forwarder.forwarded,
         )
+        yield CounterMetricFamily(
+            "mas_samples_sampled_out",
+            "Served input rows left out by MAS_SAMPLE_RATE, by design (not a loss).",
+            value=self._forwarder.sampled_out,
+        )
         dropped = CounterMetricFamily(
             "mas_samples_dropped", "Sampled input rows not forwarded, by reason.", labels=["reason"]
         )
@@ -112,7 +123,7 @@ class RuntimeCollector(Collector):
             dropped.add_metric([reason], count)
         yield dropped
         yield GaugeMetricFamily(
-            "mas_samples_buffered",
+            "mas_samples_buffered_rows",
             "Sampled rows waiting in memory for the stream.",
             value=self._forwarder.buffered,
         )
@@ -128,13 +139,14 @@ class RuntimeCollector(Collector):
             "mas_model_swaps", "Times the served version changed.", value=self._served.swaps
         )
         accuracy = GaugeMetricFamily(
-            "mas_model_task_accuracy",
-            "Held-out accuracy of the served version per task, from its manifest.",
-            labels=["task"],
+            "mas_model_task_accuracy_ratio",
+            "Held-out accuracy (0-1) of the served version per task, from its manifest; the "
+            "version label keeps each version's line apart over time.",
+            labels=["task", "version"],
         )
         if loaded is not None:
             for task, value in loaded.manifest.metrics.accuracy.items():
-                accuracy.add_metric([task], float(value))
+                accuracy.add_metric([task, str(loaded.version)], float(value))
         yield accuracy
 
     def _job_metrics(self) -> list[Metric]:
@@ -149,16 +161,16 @@ class RuntimeCollector(Collector):
         return [jobs]
 
     def _importance_metrics(self) -> list[Metric]:
-        """The served version's: samples counted by task, and Ω per layer (same names as the
-        importance worker's gauges, so /metrics alone shows what the traffic protects)."""
+        """The served version's: samples counted by task, and Ω per layer, so /metrics alone
+        shows what the traffic protects."""
         samples = GaugeMetricFamily(
-            "mas_importance_samples",
+            "mas_model_importance_samples",
             "Samples counted into the importance of the served version, by task.",
             labels=["task"],
         )
         layer_families = {
-            stat: GaugeMetricFamily(f"mas_importance_layer_{stat}", description, labels=["layer"])
-            for stat, description in LAYER_SERIES.items()
+            stat: GaugeMetricFamily(name, description, labels=["layer"])
+            for stat, (name, description) in LAYER_SERIES.items()
         }
         loaded = self._served.current
         if loaded is not None:

@@ -1,7 +1,8 @@
 """The importance worker's metrics, and the gauges it refreshes from Redis at most once a second.
 
-The stream gauges read the sample stream's length, pending and lag; the layer gauges show the
-served version's Ω per layer, recomputed only after a checkpoint or a version change.
+The stream gauges read the sample stream's length, pending, lag and memory, and Redis's memory;
+the layer gauges show the served version's Ω per layer, recomputed only after a checkpoint or a
+version change.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
 
 _GAUGE_INTERVAL_S: Final = 1.0
+# Why an entry is dead-lettered: the label values of DEAD_LETTERED, every one exported from the
+# start, so increase() sees the first one and an alert on it has a series to read.
+DEAD_LETTER_RETRIES: Final = "retries_exhausted"
+DEAD_LETTER_CORRUPT: Final = "corrupt"
+DEAD_LETTER_FAILED: Final = "failed"
+DEAD_LETTER_NON_FINITE: Final = "non_finite_importance"
+DEAD_LETTER_REASONS: Final = (
+    DEAD_LETTER_RETRIES,
+    DEAD_LETTER_CORRUPT,
+    DEAD_LETTER_FAILED,
+    DEAD_LETTER_NON_FINITE,
+)
 
 METRICS: Final = metrics_registry()
 SAMPLES_APPLIED = Counter(
@@ -35,22 +48,36 @@ DEAD_LETTERED = Counter(
     ["reason"],
     registry=METRICS,
 )
+for _reason in DEAD_LETTER_REASONS:
+    DEAD_LETTERED.labels(reason=_reason)
 COMMIT_CONFLICTS = Counter(
     "mas_importance_commit_conflicts",
     "Checkpoints refused because another consumer had reclaimed entries; the work is redone.",
     registry=METRICS,
 )
+# Stream sizes count entries; one entry holds the rows of one or more requests.
 STREAM_LENGTH = Gauge(
-    "mas_importance_stream_length", "Entries in the sample stream.", registry=METRICS
+    "mas_importance_stream_length_entries", "Entries in the sample stream.", registry=METRICS
 )
 STREAM_PENDING = Gauge(
-    "mas_importance_stream_pending",
+    "mas_importance_stream_pending_entries",
     "Entries delivered to a worker but not yet acknowledged.",
     registry=METRICS,
 )
 STREAM_LAG = Gauge(
-    "mas_importance_stream_lag",
+    "mas_importance_stream_lag_entries",
     "Entries not yet delivered to any worker (NaN: unknown).",
+    registry=METRICS,
+)
+# Trimming keeps only what a group still needs, so both stay flat while the worker keeps up.
+REDIS_MEMORY = Gauge(
+    "mas_importance_redis_memory_bytes",
+    "Memory Redis uses for all its keys (INFO used_memory).",
+    registry=METRICS,
+)
+STREAM_MEMORY = Gauge(
+    "mas_importance_stream_memory_bytes",
+    "Memory of the sample stream (MEMORY USAGE, sampled).",
     registry=METRICS,
 )
 LAST_UPDATE = Gauge(
@@ -58,6 +85,8 @@ LAST_UPDATE = Gauge(
     "Time of the last committed Ω checkpoint.",
     registry=METRICS,
 )
+# The registry's current version as this worker last committed it (the API exports the version
+# each replica serves as mas_model_importance_layer_*).
 LAYER_MEAN = Gauge(
     "mas_importance_layer_mean", "Mean Ω of the current version.", ["layer"], registry=METRICS
 )
@@ -65,7 +94,7 @@ LAYER_MAX = Gauge(
     "mas_importance_layer_max", "Largest Ω of the current version.", ["layer"], registry=METRICS
 )
 LAYER_DRIFT = Gauge(
-    "mas_importance_layer_drift",
+    "mas_importance_layer_drift_ratio",
     "‖Ω − Ω_boundary‖₁ / ‖Ω_boundary‖₁ of the current version against its task-boundary Ω.",
     ["layer"],
     registry=METRICS,
@@ -97,6 +126,9 @@ class ImportanceGauges:
         STREAM_LENGTH.set(stats.length)
         STREAM_PENDING.set(stats.pending)
         STREAM_LAG.set(float("nan") if stats.lag is None else stats.lag)
+        memory = self._stream.memory()
+        REDIS_MEMORY.set(memory.redis_bytes)
+        STREAM_MEMORY.set(memory.stream_bytes)
         version = self._registry.current_version()
         if version is not None and (self._layers_stale or version != self._layers_version):
             self._refresh_layers(version)

@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
+from mas_stream.probe import probe_url
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from service.context import build_runtime
@@ -117,8 +118,8 @@ def _series(family: Metric, labelnames: tuple[str, ...]) -> dict[str, Series]:
 
 
 def _exports(declared: Iterable[Declared]) -> dict[str, Series]:
-    """Every sample name any process writes; a name several processes write (the API and the
-    importance worker both summarise Ω per layer) carries the labels of all of them."""
+    """Every sample name any process writes; a name several processes wrote would carry the
+    labels of all of them (tests/ops/test_metric_names.py keeps each name to one process)."""
     exports: dict[str, Series] = {}
     for family, labelnames in declared:
         for name, series in _series(family, labelnames).items():
@@ -201,7 +202,7 @@ def declared(tmp_path: Path, redis_url: str, keys: Keys) -> list[Declared]:
     """Every family the API and the workers export. The API's runtime is built (not started) on
     real Redis, so the collector yields its Redis-backed families as a scrape would."""
     metrics = ServiceMetrics()
-    runtime = build_runtime(api_settings(tmp_path, redis_url, keys), metrics.batch_size.observe)
+    runtime = build_runtime(api_settings(tmp_path, redis_url, keys), metrics.batch_rows.observe)
     try:
         collector = RuntimeCollector(
             runtime.served, runtime.forwarder, runtime.jobs, runtime.importance
@@ -226,6 +227,16 @@ def test_every_dashboard_query_reads_series_the_processes_export(
     exports: dict[str, Series],
 ) -> None:
     problems = dashboard_problems(_dashboard_panels(), exports)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_alert_rule_reads_series_the_processes_export(exports: dict[str, Series]) -> None:
+    """deploy/alerts.yml through the same check, each rule as a panel of its own."""
+    groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    panels = [{"title": rule["alert"], "targets": [{"expr": rule["expr"]}]} for rule in rules]
+    # Prometheus itself writes `up` for every target it scrapes.
+    problems = dashboard_problems(panels, {**exports, "up": Series(frozenset(), False)})
     assert not problems, "\n".join(problems)
 
 
@@ -298,23 +309,28 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port() -> None:
     assert scraped == serving
 
 
-def _image_probe() -> str:
-    """The HEALTHCHECK command the Dockerfile gives every container built from the image."""
+def _image_probe() -> list[str]:
+    """The exec-form HEALTHCHECK command the Dockerfile gives every container of the image."""
     dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     match = re.search(r"^HEALTHCHECK\b.*?\bCMD\b(.*)$", dockerfile, re.MULTILINE)
     assert match is not None, "the Dockerfile has no HEALTHCHECK"
-    return match[1]
+    return list(json.loads(match[1]))
 
 
 def test_every_container_is_probed_on_the_port_its_process_serves() -> None:
-    """A worker serves no HTTP API: probed like the API, on :8000, it would be marked unhealthy."""
+    """A worker serves no HTTP API: probed like the API, on :8000, it would be marked unhealthy.
+    Every probe is `python -m mas_stream.probe ROLE`, which asks the port the container's own
+    environment gives ROLE."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     image_probe = _image_probe()
     for name, service in compose["services"].items():
         if port := _metrics_port(service):
-            test = service.get("healthcheck", {}).get("test", image_probe)
-            probe = test if isinstance(test, str) else " ".join(test)
-            assert f"//127.0.0.1:{port}/" in probe, f"{name} serves on {port}, probed by {probe}"
+            test = service.get("healthcheck", {}).get("test", ["CMD", *image_probe])
+            *_, module, role = test
+            assert module == "mas_stream.probe", f"{name} is probed by {test}"
+            environment = {key: str(value) for key, value in service["environment"].items()}
+            url = probe_url(role, environment)
+            assert url.startswith(f"http://127.0.0.1:{port}/"), f"{name} serves on {port}: {url}"
 
 
 def test_panels_query_the_provisioned_datasource() -> None:
