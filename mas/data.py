@@ -70,6 +70,19 @@ def holds_bool(value: object) -> bool:
     return False
 
 
+def _not_a_number(array: np.ndarray) -> str:
+    """The first value that is not a number, as a client would recognise it."""
+    for item in array.flat:
+        value = item.item() if isinstance(item, np.generic) else item
+        if value is None:
+            return "null"
+        if isinstance(value, str | bytes):
+            return f"text ({value!r:.40})"
+        if not isinstance(value, int | float):
+            return f"{type(value).__name__} ({value!r:.40})"
+    return f"dtype {array.dtype}"
+
+
 def validate_inputs(
     x: object, *, input_shape: Sequence[int] | None = None, field: str = "inputs"
 ) -> torch.Tensor:
@@ -79,18 +92,20 @@ def validate_inputs(
     if array.dtype == np.bool_ or holds_bool(x):
         raise DataValidationError(field, "must be numbers, got true/false")
     if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-        raise DataValidationError(field, f"must be numeric, got dtype {array.dtype}")
+        raise DataValidationError(field, f"must be numbers, got {_not_a_number(array)}")
     if np.iscomplexobj(array):
         raise DataValidationError(field, f"must be real numbers, got dtype {array.dtype}")
+    if array.ndim >= 1 and array.shape[0] == 0:
+        raise DataValidationError(field, "is empty: it must hold at least one row")
     if array.ndim < 2:
         raise DataValidationError(field, f"must be a list of rows, got shape {list(array.shape)}")
-    if array.shape[0] == 0:
-        raise DataValidationError(field, "is empty")
     if array.size == 0:
         raise DataValidationError(field, f"rows hold no values, got shape {list(array.shape)}")
     if not np.isfinite(array).all():
         raise DataValidationError(field, "contains NaN or infinite values")
-    if array.dtype.itemsize > 4 and np.abs(array).max() > FLOAT32_MAX:
+    # max(-min, max), not abs(), which would copy the whole array; integers always fit.
+    wide_float = array.dtype.itemsize > 4 and np.issubdtype(array.dtype, np.floating)
+    if wide_float and max(-array.min(), array.max()) > FLOAT32_MAX:
         raise DataValidationError(
             field, f"contains values beyond the float32 range (±{FLOAT32_MAX:.3g})"
         )

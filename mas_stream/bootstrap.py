@@ -3,6 +3,8 @@ while it runs (a lease or claim kept fresh in the background)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -23,7 +25,9 @@ from prometheus_client import (
 )
 
 from mas_stream.settings import Settings
+from mas_stream.startup import cannot_listen, load_settings, variable_of
 from mas_stream.store.keys import Keys
+from mas_stream.store.parts import MetricsTargets, PartFaults, part_name
 from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 
 
@@ -103,12 +107,13 @@ class Worker(Protocol):
 
 def run_worker(
     build: Callable[[Settings, redis.Redis, Keys, torch.device], Worker],
-    metrics_port: Callable[[Settings], int],
+    role: str,
     metrics: CollectorRegistry,
 ) -> int:
-    """A worker process's life: settings, Redis, device, `metrics` on its /metrics port, then its
-    loop until SIGTERM or SIGINT, which let the current step finish before it exits."""
-    settings = Settings()
+    """A worker process's life: settings, Redis, device, `metrics` on its /metrics port (the
+    setting `<role>_metrics_port`), then its loop until SIGTERM or SIGINT, which let the current
+    step finish before it exits. A port it cannot listen on is CannotStart, recorded for /readyz."""
+    settings = load_settings()
     client, server = connect(settings)
     # Serving has priority over learning from what was served: under contention for the cores,
     # the API and Redis (an embedded one was started just now, at normal priority) run first.
@@ -116,14 +121,53 @@ def run_worker(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    keys = Keys(settings.key_prefix)
+    targets, part = MetricsTargets(client, keys), part_name(role)
     try:
-        worker = build(settings, client, Keys(settings.key_prefix), resolve_device(settings.device))
-        if port := metrics_port(settings):
-            start_http_server(port, registry=metrics)
+        worker = build(settings, client, keys, resolve_device(settings.device))
+        port = _serve_metrics(PartFaults(client, keys), role, settings, metrics)
+        if port is not None:
+            targets.record(part, role, port)
         logging.getLogger(type(worker).__module__).info("%r started", worker)
         worker.run_forever(stop)
     finally:
+        with contextlib.suppress(redis.RedisError, OSError):
+            targets.clear(part)
         client.close()
         if server is not None:
             server.stop()
     return 0
+
+
+def _serve_metrics(
+    faults: PartFaults, role: str, settings: Settings, metrics: CollectorRegistry
+) -> int | None:
+    """On the port set, else on the default one, else (a second service on this machine holds
+    the default) on a free one, logged; the port it listens on, None for none (port 0). A port
+    that was set and cannot be had stops the worker, and /readyz says why."""
+    part, field = part_name(role), f"{role}_metrics_port"
+    port, variable = getattr(settings, field), variable_of(field)
+    log = logging.getLogger(__name__)
+    listening: int | None = None
+    try:
+        if port:
+            start_http_server(port, registry=metrics)
+            listening = port
+            log.info("%s metrics on :%d", role, port)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE or field in settings.model_fields_set:
+            problem = cannot_listen("0.0.0.0", port, variable, error, ", or to 0 for none")
+            with contextlib.suppress(redis.RedisError):  # the line on stderr says it regardless
+                faults.record(part, str(problem))
+            raise problem from None
+        server, _ = start_http_server(0, registry=metrics)
+        listening = server.server_port
+        log.warning(
+            "%s metrics on :%d: %s's default %d is in use (another service on this machine?)",
+            role,
+            listening,
+            variable,
+            port,
+        )
+    faults.clear(part)
+    return listening

@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mas_stream.startup import CANNOT_START, CannotStart
+
 # subcommand path -> (module with configure(parser) and run(args), help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("serve",): ("mas_stream.supervisor", "Run Redis, the API and both workers, supervised."),
@@ -15,6 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("worker", "importance"): ("worker.importance", "Run one importance worker."),
     ("worker", "trainer"): ("worker.trainer", "Run one trainer worker."),
     ("submit",): ("mas_stream.submit", "Upload a task dataset and follow its training job."),
+    ("import",): ("mas_stream.import_cli", "Import pretrained safetensors weights as a version."),
     ("demo",): ("mas_stream.demo", "Run the permuted-MNIST scenario against the service."),
     ("bench",): ("mas_stream.bench.command", "Run the continual-learning benchmark."),
     ("bench-serving",): (
@@ -25,9 +28,29 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "mas_stream.bench.training_speed",
         "Measure a training step with the MAS penalty against plain fine-tuning.",
     ),
+    ("bench-memory",): (
+        "mas_stream.bench.memory",
+        "Measure resident memory of every process, idle, under load and on the largest inputs.",
+    ),
+    ("bench-worker-pace",): (
+        "mas_stream.bench.worker_pace",
+        "Measure the importance worker's rows/s and lag against the highest predict rate.",
+    ),
+    ("bench-redis-memory",): (
+        "mas_stream.bench.redis_memory",
+        "Measure Redis memory while the service serves at its highest rate (needs wrk).",
+    ),
+    ("bench-large-request",): (
+        "mas_stream.bench.large_request",
+        "Measure one-row predict latency while a large predict is in flight (needs wrk).",
+    ),
 }
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Every command, with the options of those `argv` may run (all when it is None): a module
+    is imported only to configure its own command, so `serve` or `submit` start without loading
+    the benchmark's scikit-learn and matplotlib."""
     parser = argparse.ArgumentParser(prog="mas-stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -40,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[path[0]] = group.add_subparsers(dest="kind", required=True, metavar="KIND")
             sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         sub.set_defaults(module=module_name)
-        importlib.import_module(module_name).configure(sub)
+        if argv is None or list(argv[: len(path)]) == list(path):
+            importlib.import_module(module_name).configure(sub)
     return parser
 
 
@@ -49,8 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # At INFO httpx logs every request: thousands of lines through `submit`'s progress bar and
     # the demo (httpcore logs at DEBUG only).
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args.module).run(args) or 0)
+    given = sys.argv[1:] if argv is None else argv
+    args = build_parser(given).parse_args(given)
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except CannotStart as error:
+        # A bad setting or a port in use: the user's to fix, so their words, not a traceback.
+        print(error, file=sys.stderr)
+        return CANNOT_START
 
 
 if __name__ == "__main__":

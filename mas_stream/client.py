@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import time
 from collections.abc import Callable
@@ -15,9 +16,12 @@ import numpy as np
 from mas_stream.records.job import FINAL_STATUSES, Job, JobParams
 from mas_stream.records.version import ModelListing
 
+# The Open Inference Protocol's header for the length of the JSON before binary tensors.
+BINARY_HEADER_LENGTH = "Inference-Header-Content-Length"
 
-def add_client_options(parser: argparse.ArgumentParser, url_help: str) -> None:
-    """The options every command that trains through a running service takes."""
+
+def add_service_options(parser: argparse.ArgumentParser, url_help: str) -> None:
+    """The options of every command that talks to a running service."""
     parser.add_argument(
         "--url", default=os.environ.get("MAS_URL", "http://127.0.0.1:8000"), help=url_help
     )
@@ -26,6 +30,11 @@ def add_client_options(parser: argparse.ArgumentParser, url_help: str) -> None:
         default=os.environ.get("MAS_ADMIN_TOKEN"),
         help="Admin bearer token of the service (default: $MAS_ADMIN_TOKEN).",
     )
+
+
+def add_client_options(parser: argparse.ArgumentParser, url_help: str) -> None:
+    """The options every command that trains through a running service takes."""
+    add_service_options(parser, url_help)
     parser.add_argument(
         "--epochs", type=int, help="Epochs per task (default: the service's MAS_EPOCHS)."
     )
@@ -70,10 +79,23 @@ def _problems(response: httpx.Response) -> list[tuple[str | None, str]]:
     return [(None, response.text[:500])]
 
 
+class ServiceUnreachable(RuntimeError):
+    """Nothing answers at the URL, or the service stopped answering: said in one line, with how
+    to start one or point at another."""
+
+    def __init__(self, url: str, error: httpx.TransportError) -> None:
+        remedy = "start one (`make serve` or `mas-stream serve`) or pass --url (or set MAS_URL)"
+        if isinstance(error, httpx.ConnectError):
+            super().__init__(f"nothing answers at {url}: {remedy}")
+        else:
+            super().__init__(f"the service at {url} stopped answering ({error!r}): {remedy}")
+
+
 class ServiceClient:
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.url = base_url.rstrip("/")
 
     def close(self) -> None:
         self.http.close()
@@ -83,6 +105,13 @@ class ServiceClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """Any answer; ServiceUnreachable when none comes."""
+        try:
+            return self.http.request(method, path, **options)
+        except httpx.TransportError as error:
+            raise ServiceUnreachable(self.url, error) from None
 
     def _json(self, response: httpx.Response) -> Any:
         if response.is_error:
@@ -104,10 +133,26 @@ class ServiceClient:
         given = (params or JobParams()).model_dump(by_alias=True)
         form = {"name": name, **{field: str(value) for field, value in given.items()}}
         files = {"file": (filename, content, "application/octet-stream")}
-        return self._json(self.http.post("/v1/tasks", data=form, files=files))
+        return self._json(self.request("POST", "/v1/tasks", data=form, files=files))
+
+    def import_weights(
+        self,
+        filename: str,
+        weights: bytes,
+        tasks: dict[str, int],
+        *,
+        activate: bool = False,
+        unlabeled: tuple[str, bytes] | None = None,
+    ) -> dict[str, Any]:
+        """POST /v1/models: safetensors weights with their heads' tasks, as a new version."""
+        files = {"weights": (filename, weights, "application/octet-stream")}
+        if unlabeled is not None:
+            files["unlabeled"] = (unlabeled[0], unlabeled[1], "application/octet-stream")
+        form = {"tasks": json.dumps(tasks), "activate": str(activate).lower()}
+        return self._json(self.request("POST", "/v1/models", data=form, files=files))
 
     def job(self, job_id: str) -> Job:
-        return Job.model_validate(self._json(self.http.get(f"/v1/jobs/{job_id}")))
+        return Job.model_validate(self._json(self.request("GET", f"/v1/jobs/{job_id}")))
 
     def wait_for_job(
         self,
@@ -119,7 +164,15 @@ class ServiceClient:
     ) -> Job:
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
+            try:
+                job = self.job(job_id)
+            except ServiceError as error:
+                # 503 says "retry shortly" (Redis restarting, or slow to answer under load):
+                # the job goes on meanwhile, so following it goes on too, up to the deadline.
+                if error.status_code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(poll_seconds)
+                continue
             if on_update is not None:
                 on_update(job)
             if job.status in FINAL_STATUSES:
@@ -130,16 +183,42 @@ class ServiceClient:
 
     def predict(self, task: str | None, inputs: np.ndarray | list) -> dict[str, Any]:
         rows = np.asarray(inputs, dtype=np.float32).tolist()
-        return self._json(self.http.post("/v1/predict", json={"task": task, "inputs": rows}))
+        return self._json(self.request("POST", "/v1/predict", json={"task": task, "inputs": rows}))
+
+    def infer_binary(
+        self, task: str | None, inputs: np.ndarray, model: str = "mas"
+    ) -> tuple[int, np.ndarray]:
+        """OIP inference with binary tensors both ways, which spares large requests the JSON
+        encoding of every number: (the version that served them, the predictions)."""
+        x = np.ascontiguousarray(inputs, dtype="<f4")
+        tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+        header = json.dumps(
+            {
+                "parameters": {"task": task},
+                "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+                "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        response = self.request(
+            "POST",
+            f"/v2/models/{model}/infer",
+            content=header + x.tobytes(),
+            headers={BINARY_HEADER_LENGTH: str(len(header))},
+        )
+        if response.is_error:
+            raise ServiceError(response)
+        length = int(response.headers[BINARY_HEADER_LENGTH])
+        version = int(json.loads(response.content[:length])["model_version"])
+        return version, np.frombuffer(response.content[length:], dtype="<i8")
 
     def importance(self) -> dict[str, Any]:
-        return self._json(self.http.get("/v1/importance"))
+        return self._json(self.request("GET", "/v1/importance"))
 
     def models(self) -> ModelListing:
-        return ModelListing.model_validate(self._json(self.http.get("/v1/models")))
+        return ModelListing.model_validate(self._json(self.request("GET", "/v1/models")))
 
     def metrics_text(self) -> str:
-        response = self.http.get("/metrics")
+        response = self.request("GET", "/metrics")
         if response.is_error:
             raise ServiceError(response)
         return response.text
@@ -147,7 +226,7 @@ class ServiceClient:
     def wait_until_live(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if is_live(str(self.http.base_url).rstrip("/")):
+            if is_live(self.url):
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"service at {self.http.base_url} not live after {timeout}s")
+        raise TimeoutError(f"service at {self.url} not live after {timeout}s")

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mas_stream.bench.suites import NUM_TASKS
-from mas_stream.client import ServiceClient, ServiceError, add_client_options, is_live
+from mas_stream.client import (
+    ServiceClient,
+    ServiceError,
+    ServiceUnreachable,
+    add_client_options,
+    is_live,
+)
 from mas_stream.scenario import SERVICE_ENV, ScenarioFailed, run_scenario
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from mas_stream.startup import free_port
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,25 @@ def _task_count(text: str) -> int:
     return count
 
 
+class FreshServiceExited(RuntimeError):
+    """The service the demo started stopped before it answered (it said why, above)."""
+
+
+def _wait_for(service: RunningService, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_live(service.url):
+        code = service.process.poll()
+        if code is not None:
+            raise FreshServiceExited(
+                f"the service it started exited with code {code} before answering (why is above)"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service it started at {service.url} not live after {timeout}s")
+        time.sleep(0.2)
+
+
 def _run(url: str, args: argparse.Namespace) -> int:
     with ServiceClient(url, token=args.token) as client:
-        client.wait_until_live()
         report = run_scenario(client, tasks=args.tasks, epochs=args.epochs, lam=args.lam)
         first = report.stages[0].task
         print(
@@ -122,11 +139,12 @@ def run(args: argparse.Namespace) -> int:
             return _run(args.url, args)
         print(f"{args.url} is not reachable: starting a fresh service for the demo")
         with fresh_service(SERVICE_ENV) as service:
+            _wait_for(service)
             return _run(service.url, args)
     except ServiceError as error:
         # The service's refusal (e.g. a task of another input shape already there) is the news.
         print(f"the service refused the demo: {error}", file=sys.stderr)
         return 1
-    except (ScenarioFailed, TimeoutError) as error:
+    except (ScenarioFailed, TimeoutError, ServiceUnreachable, FreshServiceExited) as error:
         print(f"the demo failed: {error}", file=sys.stderr)
         return 1

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from mas.data import TaskSplit
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
-from mas_stream.records.job import Job, JobParams, JobStatus
+from mas_stream.records.job import Job, JobParams, JobResult, JobStatus
 
 _EVAL_ROWS_PER_REQUEST = 250
 # The permuted suites' own definition: one shared 10-way head for every task.
@@ -57,14 +56,15 @@ def _served_version(response: dict[str, Any]) -> int:
 
 
 def score(client: ServiceClient, split: TaskSplit, served: Counter[int]) -> float:
-    """Accuracy of the served model on the task's test split, counting the rows it served."""
+    """Accuracy of the served model on the task's test split, counting the rows it served; in
+    OIP's binary tensors, since the test split is thousands of rows."""
     correct = 0
     for start in range(0, split.x_test.shape[0], _EVAL_ROWS_PER_REQUEST):
         rows = split.x_test[start : start + _EVAL_ROWS_PER_REQUEST]
-        response = client.predict(split.name, rows.numpy())
-        served[_served_version(response)] += rows.shape[0]
-        labels = split.y_test[start : start + _EVAL_ROWS_PER_REQUEST]
-        correct += int((torch.tensor(response["predictions"]) == labels).sum())
+        version, predictions = client.infer_binary(split.name, rows.numpy())
+        served[version] += rows.shape[0]
+        labels = split.y_test[start : start + _EVAL_ROWS_PER_REQUEST].numpy()
+        correct += int((predictions == labels).sum())
     return correct / split.x_test.shape[0]
 
 
@@ -88,6 +88,16 @@ def send_traffic(
             served[version] += 1
 
 
+def wait_until_served(client: ServiceClient, version: int, timeout: float = 60.0) -> None:
+    """The job's answer comes once the version is activated; the API swaps to it a moment later
+    (on the notification): until then it would refuse the new task's rows."""
+    deadline = time.monotonic() + timeout
+    while client.models().served != version:
+        if time.monotonic() > deadline:
+            raise ScenarioFailed(f"version {version} still not served after {timeout}s")
+        time.sleep(0.05)
+
+
 def wait_for_importance(
     client: ServiceClient, served: Counter[int], timeout: float = 300.0
 ) -> dict[str, Any]:
@@ -103,6 +113,45 @@ def wait_for_importance(
         time.sleep(0.2)
 
 
+def shaped(split: TaskSplit, input_shape: Sequence[int] | None) -> TaskSplit:
+    """The split with its inputs in `input_shape` (None: as the suite has them, flat)."""
+    if input_shape is None:
+        return split
+    return replace(
+        split,
+        x_train=split.x_train.reshape(-1, *input_shape),
+        x_test=split.x_test.reshape(-1, *input_shape),
+    )
+
+
+def learn(
+    client: ServiceClient, split: TaskSplit, epochs: int | None, lam: float | None
+) -> tuple[Job, list[float], JobResult]:
+    """Submits the task and waits until its version is served: the job, the progress it
+    reported while running, and its result."""
+    accepted = client.submit_task(
+        split.name,
+        split.x_train.numpy(),
+        split.y_train.numpy(),
+        # Not validated here: the service refuses a bad value naming its field.
+        JobParams.model_construct(epochs=epochs, lam=lam),
+    )
+    progress: list[float] = []
+
+    def watch(job: Job) -> None:
+        if job.status == JobStatus.RUNNING:
+            progress.append(job.progress)
+
+    job = client.wait_for_job(accepted["job_id"], on_update=watch)
+    result = job.result
+    if job.status != JobStatus.SUCCEEDED or result is None:
+        raise ScenarioFailed(f"job for {split.name} ended {job.status}: {job.error}")
+    if not result.activated:
+        raise ScenarioFailed(f"{split.name}: v{result.version} is not served: {result.reason}")
+    wait_until_served(client, result.version)
+    return job, progress, result
+
+
 def run_scenario(
     client: ServiceClient,
     *,
@@ -113,28 +162,14 @@ def run_scenario(
     epochs: int | None = None,
     lam: float | None = None,
     concurrency: int = 8,
+    input_shape: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> ScenarioReport:
-    splits = load_suite(suite).tasks[:tasks]
+    """`input_shape` sends every row in that shape (e.g. [1, 28, 28] images for a CNN), not flat."""
+    splits = [shaped(split, input_shape) for split in load_suite(suite).tasks[:tasks]]
     report = ScenarioReport()
     for index, split in enumerate(splits):
-        accepted = client.submit_task(
-            split.name,
-            split.x_train.numpy(),
-            split.y_train.numpy(),
-            # Not validated here: the service refuses a bad value naming its field.
-            JobParams.model_construct(epochs=epochs, lam=lam),
-        )
-        progress: list[float] = []
-
-        def watch(job: Job, seen: list[float] = progress) -> None:
-            if job.status == JobStatus.RUNNING:
-                seen.append(job.progress)
-
-        job = client.wait_for_job(accepted["job_id"], on_update=watch)
-        result = job.result
-        if job.status != JobStatus.SUCCEEDED or result is None:
-            raise ScenarioFailed(f"job for {split.name} ended {job.status}: {job.error}")
+        job, progress, result = learn(client, split, epochs, lam)
         accuracy = {s.name: score(client, s, report.rows_served) for s in splits[: index + 1]}
         report.stages.append(Stage(split.name, job, progress, accuracy))
         log(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mas.importance import Method
+from mas_stream.model_spec import load_spec
 
 
 class Settings(BaseSettings):
@@ -25,14 +26,25 @@ class Settings(BaseSettings):
 
     # HTTP API.
     host: str = Field("127.0.0.1", description="API bind address.")
-    port: int = Field(8000, description="API port.")
+    port: int = Field(8000, ge=0, le=65535, description="API port.")
     admin_token: str | None = Field(None, description="Bearer token for mutating endpoints.")
+    inference_token: str | None = Field(
+        None, description="Bearer token /v1/predict and /v2 infer require; unset: open."
+    )
     access_log: bool = Field(False, description="One log line per request (metrics count them).")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Larger request bodies get 413.")
     max_batch: int = Field(256, description="Most rows in one micro-batched forward pass.")
     max_wait_ms: float = Field(0.0, description="Longest a request waits for batch-mates.")
     max_rows: int = Field(
         65536, ge=1, description="Most rows in one predict request; more get 413."
+    )
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Most bytes one upload's arrays may take; more: 413."
+    )
+    upload_memory_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="Array bytes of all uploads in flight in one API process; more wait (503).",
     )
     torch_threads: int = Field(1, ge=1, description="Torch threads of the API's forward pass.")
     model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
@@ -44,7 +56,9 @@ class Settings(BaseSettings):
     forward_flush_ms: float = Field(
         20.0, ge=0.0, description="Longest sampled rows wait to share one stream write."
     )
-    stream_maxlen: int = Field(1_000_000, description="Approximate cap on the sample stream.")
+    stream_maxlen: int = Field(
+        1_000_000, description="Safety cap on the sample stream (trimmed as it is acknowledged)."
+    )
 
     # Compute.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present.")
@@ -65,10 +79,14 @@ class Settings(BaseSettings):
     )
     claim_min_idle_ms: int = Field(30_000, description="Idle time before entries are reclaimed.")
     dead_letter_after: int = Field(5, description="Deliveries before an entry is dead-lettered.")
-    importance_metrics_port: int = Field(9101, description="Importance worker /metrics; 0: off.")
+    importance_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="Importance worker /metrics; 0: off."
+    )
 
     # Trainer.
-    trainer_metrics_port: int = Field(9102, description="Trainer /metrics port; 0: off.")
+    trainer_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Trainer /metrics port; 0: off."
+    )
     job_lease_ms: int = Field(30_000, description="A job not heartbeated this long is stale.")
     min_traffic_samples: int = Field(500, description="Fewer served samples: Ω from stored data.")
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="Ω_cons ← γ·Ω_cons + Ω_new.")
@@ -85,12 +103,31 @@ class Settings(BaseSettings):
     retention_max_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="Largest drop on an earlier task to auto-activate."
     )
+    model_spec: str | None = Field(
+        None, description="Model spec (JSON, or @path to a JSON file); unset: the MLP of hidden."
+    )
     hidden: list[int] = Field([256, 256], description="Hidden sizes of the default MLP trunk.")
     head_mode: Literal["per_task", "shared"] = Field(
         "per_task", description="One head per task, or one shared head (domain-incremental)."
     )
     shared_classes: int = Field(10, description="Classes of the shared head (head_mode=shared).")
     seed: int = Field(0, description="Seed of model initialisation and data order.")
+
+    # Retention (the trainer prunes): what Redis keeps of past versions and finished jobs.
+    keep_versions: int = Field(
+        5, ge=1, description="Newest versions, and served version's ancestors, whose Ω is kept."
+    )
+    job_ttl_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0.0, description="Finished jobs older than this are pruned."
+    )
+
+    @field_validator("model_spec")
+    @classmethod
+    def _buildable(cls, value: str | None) -> str | None:
+        """A spec that cannot be built stops the process at start, naming the spec's field."""
+        if value is not None:
+            load_spec(value)
+        return value
 
     @property
     def models_dir(self) -> Path:

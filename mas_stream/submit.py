@@ -1,16 +1,25 @@
-"""`mas-stream submit NAME FILE`: upload a task dataset and follow its job with a progress bar."""
+"""`mas-stream submit NAME FILE`: upload a task dataset and follow its job to its end, with a
+progress bar on a terminal and plain progress lines elsewhere (a log, CI)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 from tqdm import tqdm
 
-from mas_stream.client import ServiceClient, ServiceError, add_client_options
+from mas_stream.client import ServiceClient, ServiceError, ServiceUnreachable, add_client_options
 from mas_stream.records.job import Job, JobParams, JobStatus
+
+# The exit statuses the README documents ("Try it"): scripts tell the outcomes apart by them.
+SERVED: Final = 0
+FAILED: Final = 1
+NOT_SERVED: Final = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +41,32 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         final = _submit_and_follow(args)
-    except ServiceError as error:
+    except (ServiceError, ServiceUnreachable) as error:
         print(error, file=sys.stderr)
-        return 1
+        return FAILED
     if final is None:
-        return 0
+        return SERVED
     outcome = final.model_dump(mode="json", by_alias=True, include={"status", "result", "error"})
     print(json.dumps(outcome, indent=2))
-    return 0 if final.status == JobStatus.SUCCEEDED else 1
+    if final.status != JobStatus.SUCCEEDED:
+        return FAILED
+    if final.result is not None and not final.result.activated:
+        print(_held(final, args))
+        return NOT_SERVED
+    return SERVED
+
+
+def _held(job: Job, args: argparse.Namespace) -> str:
+    """The last line when the retention gate held the new version: what happened, and the
+    command that serves it anyway."""
+    assert job.result is not None
+    version = job.result.version
+    auth = ' -H "Authorization: Bearer $MAS_ADMIN_TOKEN"' if args.token else ""
+    command = f"curl -X POST{auth} {args.url.rstrip('/')}/v1/models/{version}/activate"
+    return (
+        f"v{version} learned {job.task} but is not served ({job.result.reason}); "
+        f"to serve it anyway: {command}"
+    )
 
 
 def _submit_and_follow(args: argparse.Namespace) -> Job | None:
@@ -54,25 +81,48 @@ def _submit_and_follow(args: argparse.Namespace) -> Job | None:
                 epochs=args.epochs, lam=args.lam, holdout_fraction=args.holdout_fraction
             ),
         )
-        print(f"task {accepted['task']}: job {accepted['job_id']} queued")
+        print(f"task {accepted['task']}: job {accepted['job_id']} queued", flush=True)
         if args.no_wait:
             return None
-        with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {postfix}") as bar:
-
-            def show(job: Job) -> None:
-                bar.n = job.progress
-                bar.set_postfix_str(_describe(job))
-                bar.refresh()
-
+        with _progress() as show:
             return client.wait_for_job(accepted["job_id"], poll_seconds=0.5, on_update=show)
 
 
-def _describe(job: Job) -> str:
-    """'running epoch 2/3 loss 0.1234': the job counts epochs from 0, people from 1. The total is
-    known when the upload set it; otherwise it is the trainer's MAS_EPOCHS, unseen here."""
+@contextmanager
+def _progress() -> Iterator[Callable[[Job], None]]:
+    """A bar on a terminal; elsewhere one line per new status or epoch, which a log keeps
+    readable (a bar redrawn without a terminal is a stream of `0%| |` fragments)."""
+    if sys.stderr.isatty():
+        with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {postfix}") as bar:
+
+            def redraw(job: Job) -> None:
+                bar.n = job.progress
+                bar.set_postfix_str(f"{job.status} {describe(job)}".strip())
+                bar.refresh()
+
+            yield redraw
+        return
+    shown: list[tuple[str, int, bool]] = []
+
+    def print_new(job: Job) -> None:
+        seen = (job.status, job.epoch, job.step > 0)
+        if shown and shown[-1] == seen:
+            return
+        shown.append(seen)
+        progress = describe(job)
+        if job.status != JobStatus.RUNNING or not progress:
+            progress = f"{job.status}: {progress}" if progress else str(job.status)
+        print(progress, file=sys.stderr, flush=True)
+
+    yield print_new
+
+
+def describe(job: Job) -> str:
+    """'epoch 2/3, loss 0.1234' once training has stepped: the job counts epochs from 0, people
+    from 1. The total is the job's epochs, which the service records at submission."""
     if not job.step:
-        return str(job.status)
+        return ""
     total = job.params.epochs
     epoch = f"{job.epoch + 1}/{total}" if total else str(job.epoch + 1)
     loss = float("nan") if job.loss is None else job.loss
-    return f"{job.status} epoch {epoch} loss {loss:.4f}"
+    return f"epoch {epoch}, loss {loss:.4f}"

@@ -20,7 +20,7 @@ from typing import Final
 
 from mas_stream.bootstrap import is_loopback
 from mas_stream.client import is_live
-from mas_stream.settings import Settings
+from mas_stream.startup import CANNOT_START, listen_socket, load_settings
 from mas_stream.store.redis_server import EmbeddedRedis
 
 log = logging.getLogger("mas_stream.supervisor")
@@ -41,6 +41,9 @@ class Child:
     restarts: int = 0
     backoff: float = _BACKOFF_START_S
     next_start: float = field(default=0.0)
+    # Without it the service is no service: when it cannot start, everything stops.
+    vital: bool = False
+    given_up: bool = False
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(self.command, env=env)
@@ -55,7 +58,7 @@ class Child:
 def children() -> list[Child]:
     python = [sys.executable, "-m", "mas_stream"]
     return [
-        Child("api", [*python, "api"]),
+        Child("api", [*python, "api"], vital=True),
         Child("importance", [*python, "worker", "importance", "--worker-id", "importance-0"]),
         Child("trainer", [*python, "worker", "trainer"]),
     ]
@@ -63,9 +66,11 @@ def children() -> list[Child]:
 
 def supervise(
     parts: list[Child], env: dict[str, str], stop: threading.Event, redis: EmbeddedRedis | None
-) -> None:
+) -> int:
     """Restart exited children with backoff; a child that stayed up a while resets its backoff.
-    The embedded Redis comes back first if it died (its append-only file keeps the state)."""
+    The embedded Redis comes back first if it died (its append-only file keeps the state). A
+    child that exits with CANNOT_START (a bad setting, a port in use) is not restarted: it said
+    why in one line; if it is vital, everything stops and that is the exit code."""
     for child in parts:
         child.start(env)
     while not stop.wait(0.2):
@@ -74,6 +79,8 @@ def supervise(
             redis.start()
         now = time.monotonic()
         for child in parts:
+            if child.given_up:
+                continue
             if child.process is None:
                 if now >= child.next_start:
                     child.start(env)
@@ -82,6 +89,17 @@ def supervise(
             if code is None:
                 if now - child.started_at > _HEALTHY_AFTER_S:
                     child.backoff = _BACKOFF_START_S
+                continue
+            if code == CANNOT_START:
+                child.given_up, child.process = True, None
+                if child.vital:
+                    log.error("%s cannot start (why is above); stopping", child.name)
+                    return CANNOT_START
+                log.error(
+                    "%s cannot start (why is above, and in /readyz); a restart would not help, "
+                    "so it stays stopped",
+                    child.name,
+                )
                 continue
             child.restarts += 1
             child.process = None
@@ -94,6 +112,7 @@ def supervise(
                 child.backoff,
             )
             child.backoff = min(child.backoff * 2, _BACKOFF_MAX_S)
+    return 0
 
 
 def announce_when_answering(url: str, stop: threading.Event) -> None:
@@ -136,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             env[variable] = str(getattr(args, flag))
     os.environ.update(env)
-    settings = Settings()
+    settings = load_settings()
+    # Before Redis or any child starts: a port in use is one line, not an API restarted for ever.
+    listen_socket(settings.host, settings.port, "MAS_PORT", " (or pass --port)").close()
     if not settings.admin_token:
         if not is_loopback(settings.host):
             log.error("refusing to serve on %s without MAS_ADMIN_TOKEN", settings.host)
@@ -161,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
         daemon=True,
     ).start()
     try:
-        supervise(parts, env, stop, server)
+        code = supervise(parts, env, stop, server)
     finally:
         shutdown(parts)
         if server is not None:
             server.stop()
     log.info("stopped")
-    return 0
+    return code

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
-from typing import Any
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from mas_stream.settings import Settings
 from service.context import build_runtime
+from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.intake import TaskUpload
 from service.limits import BodySizeLimit, refuse_declared_oversize
 from service.metrics import HttpMetricsMiddleware, RuntimeCollector, ServiceMetrics
-from service.routes import health, importance, jobs, models, oip, predict, tasks
+from service.openapi import document
+from service.routes import health, importance, imports, jobs, models, oip, predict, tasks
 
 DESCRIPTION = """\
 Serves a continually learning model, learns from its traffic which parameters matter (Memory
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = build_runtime(settings, metrics.batch_size.observe)
+        runtime = build_runtime(settings, metrics.batch_rows.observe)
         runtime.start()
         app.state.runtime = runtime
         metrics.attach(
@@ -52,33 +53,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(refuse_declared_oversize)],
+        docs_url=None,  # served by service.docs from packaged assets, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in (predict, oip, tasks, jobs, models, importance, health):
+    for module in (predict, oip, tasks, jobs, models, imports, importance, health):
         app.include_router(module.router)
-    app.openapi = _openapi_with_schemas(app, HAND_PARSED_BODIES)  # type: ignore[method-assign]
+    install_docs(app)
+    app.openapi = document(app, settings, HAND_PARSED_BODIES)  # type: ignore[method-assign]
     return app
-
-
-def _openapi_with_schemas(
-    app: FastAPI, extra: tuple[type[BaseModel], ...]
-) -> Callable[[], dict[str, Any]]:
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        """FastAPI caches the schema it generates; the extra models are added to it once."""
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = generate()
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in extra:
-            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(definition.pop("$defs", {}))
-            schemas[model.__name__] = definition
-        return schema
-
-    return openapi

@@ -32,7 +32,7 @@ from service.omega_summary import OmegaSummary
 from service.served_model import ServedModel
 
 REDIS_TIMEOUT_SECONDS = 2.0
-QUICK_REDIS_TIMEOUT_SECONDS = 0.4
+QUICK_REDIS_TIMEOUT_SECONDS = 0.6
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from mas.data import DataValidationError
+from service.methods import allowed_methods
 from service.problems import (
     InvalidValue,
     NameTaken,
@@ -154,8 +155,23 @@ async def _data_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(request.url.path, status_of(error), error.field, error.problem)
 
 
+def _json_content_type(request: Request) -> bool:
+    """As FastAPI decides whether to parse a declared body as JSON: no type, application/json
+    or application/*+json."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    main, _, sub = content_type.partition("/")
+    return not content_type or (main == "application" and (sub == "json" or sub.endswith("+json")))
+
+
 async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    if not _json_content_type(request) and any(
+        tuple(item.get("loc", ())) == ("body",) for item in error.errors()
+    ):
+        # FastAPI left a JSON body unparsed: its "valid dictionary" complaint hides the cause.
+        given = request.headers["content-type"]
+        message = f"send Content-Type: application/json with a JSON body (got {given!r})"
+        return error_response(request.url.path, 415, "content-type", message)
     described = [_described(item) for item in error.errors()] or [("body", "invalid request")]
     payload = error_payload(request.url.path, *described[0])
     if len(described) > 1 and not request.url.path.startswith("/v2"):
@@ -174,7 +190,15 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     message = str(error.detail)
     if error.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}"
+    if error.status_code == 405:
+        return _method_not_allowed(request)
     return error_response(request.url.path, error.status_code, field, message, error.headers)
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    allowed = allowed_methods(request)
+    message = f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}"
+    return error_response(request.url.path, 405, None, message, {"Allow": ", ".join(allowed)})
 
 
 async def _redis_error(request: Request, error: Exception) -> JSONResponse:

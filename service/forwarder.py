@@ -1,16 +1,24 @@
 """Sampled inputs to the Redis stream, off the request path.
 
 `offer` only appends to a bounded in-memory buffer, so a prediction never waits on Redis. A
-background thread drains the buffer into `SampleStream.append_many` (one pipelined round trip per
-drain). When the buffer is full, or a write fails, samples are dropped and counted by reason;
-after a failure the thread backs off and tries again, so forwarding resumes by itself when Redis
-returns.
+background thread drains the buffer into `SampleStream.append_many` (one round trip per drain).
+When the buffer is full, samples are dropped and counted by reason.
+
+A write that times out or loses its connection may still be applied (a Redis that hung resumes
+with it queued), so its outcome is unknown, not failed: the thread backs off and writes the same
+batch again under the same `BatchId`, which Redis applies once, until it gets an answer. So every
+sampled row is counted once, as forwarded or dropped, and the stream holds the forwarded ones;
+meanwhile the batch in hand counts against the buffer's capacity. Only a batch Redis refuses at
+its first try (an error reply: nothing was appended) drops its rows as `redis_error`, and so
+does a write still failing when the forwarder stops (its outcome stays unknown; the process is
+ending).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections import Counter, deque
 
 import numpy as np
@@ -18,7 +26,7 @@ import redis
 
 from mas_stream.records.sample import Sample
 from mas_stream.store.reconnect import Reconnect
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.samples import BatchId, SampleStream
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +53,12 @@ class SampleForwarder:
         self._rows_per_write = rows_per_write
         self._flush_seconds = flush_seconds
         self._random = np.random.default_rng(seed)
+        self._producer = uuid.uuid4().hex
+        self._batches = 0
         self._buffer: deque[Sample] = deque()
         self._buffered = 0
         self._forwarded = 0
+        self._sampled_out = 0
         self._dropped: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -58,11 +69,17 @@ class SampleForwarder:
 
     @property
     def buffered(self) -> int:
+        """Rows held in memory: waiting, or in a write not yet answered."""
         return self._buffered
 
     @property
     def forwarded(self) -> int:
         return self._forwarded
+
+    @property
+    def sampled_out(self) -> int:
+        """Rows left out by the sample rate: by design, unlike the dropped ones."""
+        return self._sampled_out
 
     def dropped(self) -> dict[str, int]:
         with self._lock:
@@ -81,7 +98,10 @@ class SampleForwarder:
     def offer(self, version: int, task: str, rows: np.ndarray) -> None:
         """Never blocks on I/O: keeps a random `sample_rate` share of the rows if there is room."""
         if self._rate < 1.0:
-            rows = rows[self._random.random(len(rows)) < self._rate]
+            kept = rows[self._random.random(len(rows)) < self._rate]
+            with self._lock:
+                self._sampled_out += len(rows) - len(kept)
+            rows = kept
         if len(rows) == 0:
             return
         with self._wake:
@@ -111,7 +131,6 @@ class SampleForwarder:
                 sample = self._buffer.popleft()
                 taken.append(sample)
                 rows += len(sample.rows)
-            self._buffered -= rows
             return taken
 
     def _drain_forever(self) -> None:
@@ -120,20 +139,39 @@ class SampleForwarder:
             samples = self._take()
             if not samples:
                 return
+            self._batches += 1
+            forwarded = self._write(samples, BatchId(self._producer, self._batches), reconnect)
             rows = sum(len(sample.rows) for sample in samples)
-            try:
-                self._stream.append_many(samples)
-            except (redis.RedisError, OSError) as error:
-                with self._lock:
+            with self._lock:
+                self._buffered -= rows
+                if forwarded:
+                    self._forwarded += rows
+                else:
                     self._dropped[DROP_REDIS_ERROR] += rows
+
+    def _write(self, samples: list[Sample], batch: BatchId, reconnect: Reconnect) -> bool:
+        """True once the batch is in the stream (now or by an earlier try whose answer was lost);
+        False when Redis refused its only try, or when the forwarder stops before an answer. A
+        refusal after a try whose answer was lost proves nothing about that try: retried too."""
+        answer_lost = False
+        while True:
+            try:
+                self._stream.append_many(samples, batch)
+            except (redis.RedisError, OSError) as error:
+                refused = isinstance(error, redis.ResponseError)
+                if refused and not answer_lost:
+                    log.warning(
+                        "Redis refused %d sampled entries (%s); dropped", len(samples), error
+                    )
+                    return False
+                answer_lost = answer_lost or not refused
                 delay = reconnect.failed()
-                log.warning(
-                    "sample forwarding failed (%s); %d dropped, retry in %.2fs", error, rows, delay
-                )
                 with self._wake:
-                    if not self._stopping:
-                        self._wake.wait_for(lambda: self._stopping, delay)
+                    if self._stopping:
+                        log.warning("stopping with a write unanswered (%s); dropped", error)
+                        return False
+                    log.warning("sample forwarding failed (%s); retry in %.2fs", error, delay)
+                    self._wake.wait_for(lambda: self._stopping, delay)
                 continue
             reconnect.succeeded()
-            with self._lock:
-                self._forwarded += rows
+            return True

@@ -27,7 +27,13 @@ import torch
 import mas
 from mas_stream.store.registry import LoadedVersion
 from service.forwarder import SampleForwarder
-from service.problems import NotServed, ServiceUnavailable, TooLarge, UnknownTask
+from service.problems import (
+    InvalidValue,
+    NotServed,
+    ServiceUnavailable,
+    TooLarge,
+    UnknownTask,
+)
 from service.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -96,8 +102,17 @@ class Inference:
         if rows > self._max_rows:
             raise TooLarge(field, f"has {rows} rows; at most {self._max_rows} (MAS_MAX_ROWS)")
 
-    async def predict(self, loaded: LoadedVersion, task: str, batch: torch.Tensor) -> Prediction:
+    async def predict(
+        self, loaded: LoadedVersion, task: str, batch: torch.Tensor, field: str = "inputs"
+    ) -> Prediction:
         probabilities = await self._batcher.predict(loaded, task, batch)
+        overflowed = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        if overflowed.size:  # answered with null, and forwarded into Ω, before
+            raise InvalidValue(
+                field,
+                f"row {overflowed[0]} is too large for the model: its outputs overflow float32 "
+                "(scale inputs to order 1)",
+            )
         self._forwarder.offer(loaded.version, task, batch.numpy())
         return Prediction(loaded.version, task, probabilities)
 

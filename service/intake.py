@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas_stream.model_spec import configured_spec
 from mas_stream.records.job import JobParams, JobStatus
 from mas_stream.records.task import TaskOrigin
 from mas_stream.settings import Settings
@@ -23,7 +24,9 @@ from mas_stream.store.datasets import DatasetStore, parse_dataset_file, split_ho
 from mas_stream.store.jobs import JobQueue, new_job_id
 from mas_stream.store.registry import ModelRegistry
 from service.problems import InvalidValue, NameTaken
+from service.schemas import LABELS_SCHEMA, TASK_NAME_SCHEMA
 from service.served_model import ServedModel
+from service.upload_budget import UploadBudget, json_array_bytes
 
 # Job statuses after which a stored dataset trains nothing: its name is free again.
 ABANDONED = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
@@ -45,9 +48,13 @@ class TrainingOptions(JobParams):
 class TaskUpload(TrainingOptions):
     """The JSON form of POST /v1/tasks, for small datasets."""
 
-    name: str = Field(description="Task name: letters, digits, '-' and '_'.")
+    name: str = Field(
+        description="Task name: letters, digits, '-' and '_'.", json_schema_extra=TASK_NAME_SCHEMA
+    )
     inputs: list[Any] = Field(description="Rows, flattened or nested to the model's input shape.")
-    labels: list[Any] = Field(description="One integer class label per row.")
+    labels: list[Any] = Field(
+        description="One integer class label per row.", json_schema_extra=LABELS_SCHEMA
+    )
 
 
 @contextlib.contextmanager
@@ -73,20 +80,27 @@ class TaskIntake:
         self._datasets = datasets
         self._jobs = jobs
         self._registry = registry
+        self.uploads = UploadBudget.of(settings)
 
     def submit_file(
         self, name: object, filename: str, content: bytes, options: TrainingOptions
     ) -> str:
-        def parse() -> tuple[np.ndarray, np.ndarray]:
-            with fields_named(FILE_FIELDS):
-                return parse_dataset_file(filename, content)
+        with self.uploads.session("file") as admit:
 
-        return self._submit(name, parse, FILE_FIELDS, options, source=filename)
+            def parse() -> tuple[np.ndarray, np.ndarray]:
+                with fields_named(FILE_FIELDS):
+                    return parse_dataset_file(filename, content, admit=admit)
+
+            return self._submit(name, parse, FILE_FIELDS, options, source=filename)
 
     def submit_json(self, upload: TaskUpload) -> str:
-        return self._submit(
-            upload.name, lambda: (upload.inputs, upload.labels), JSON_FIELDS, upload, source="json"
-        )
+        with self.uploads.session("inputs") as admit:
+
+            def read() -> tuple[list[Any], list[Any]]:
+                admit(json_array_bytes(upload.inputs, upload.labels))
+                return upload.inputs, upload.labels
+
+            return self._submit(upload.name, read, JSON_FIELDS, upload, source="json")
 
     def _submit(
         self,
@@ -114,8 +128,9 @@ class TaskIntake:
                 )
             fraction = options.holdout_fraction or self._settings.holdout_fraction
             x_train, y_train, x_holdout, y_holdout = split_holdout(
-                inputs.numpy(), labels.numpy(), fraction, self._settings.seed
+                inputs.numpy(), labels.numpy(), fraction, self._settings.seed, in_place=True
             )
+            del x, y, inputs, labels  # x_train is the front of the upload's array, the rest copies
             if len(y_holdout) == 0:
                 raise InvalidValue(
                     fields["y"],
@@ -135,9 +150,17 @@ class TaskIntake:
                 x_holdout,
                 y_holdout,
                 origin,
-                alongside=lambda pipe: self._jobs.queue(pipe, job_id, task, options.job_params()),
+                alongside=lambda pipe: self._jobs.queue(pipe, job_id, task, self._params(options)),
             )
             return job_id
+
+    def _params(self, options: TrainingOptions) -> JobParams:
+        """The epochs are recorded even when the upload left them out, so whoever follows the
+        job knows its total ("epoch 2/10")."""
+        params = options.job_params()
+        if params.epochs is not None:
+            return params
+        return params.model_copy(update={"epochs": self._settings.epochs})
 
     def _refuse_existing(self, task: str) -> None:
         """A name is free again once its training job failed or was canceled, unless a version
@@ -165,12 +188,15 @@ class TaskIntake:
         return job.status if job else None
 
     def _input_shape(self, task: str) -> list[int] | None:
-        """The served model's, else the first stored dataset's that may still train (its model
-        may be training now). Not `task`'s own, nor an abandoned one's: their shape may be what
-        made their job fail, and is being corrected."""
+        """The served model's, else MAS_MODEL_SPEC's, else the first stored dataset's that may
+        still train (its model may be training now). Not `task`'s own, nor an abandoned one's:
+        their shape may be what made their job fail, and is being corrected."""
         loaded = self._served.current
         if loaded is not None:
             return loaded.model.input_shape
+        configured = configured_spec(self._settings)
+        if configured is not None:
+            return list(configured["input_shape"])
         for name in self._datasets.names():
             if name != task and self._job_status(name) not in ABANDONED:
                 return self._datasets.meta(name).input_shape
@@ -179,7 +205,7 @@ class TaskIntake:
     def _num_classes(self, options: TrainingOptions) -> int | None:
         """Labels must fit the declared classes, and the shared head when there is one."""
         loaded = self._served.current
-        spec = loaded.model.spec if loaded is not None else None
+        spec = loaded.model.spec if loaded is not None else configured_spec(self._settings)
         shared = (spec or {}).get("head_mode", self._settings.head_mode) == "shared"
         limit = int((spec or {}).get("shared_classes", self._settings.shared_classes))
         if not shared:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 from types import FrameType
@@ -12,9 +13,12 @@ import uvicorn
 
 from mas_stream.bootstrap import is_loopback, redis_url
 from mas_stream.settings import Settings
+from mas_stream.startup import listen_socket, load_settings
 from service.app import create_app
 
 log = logging.getLogger(__name__)
+# What uvicorn.run exits with when the app did not start (its lifespan failed): worth a restart.
+_STARTUP_FAILED = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +28,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name, None) for name in ("host", "port")}
-    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+    settings = load_settings(
+        **{name: value for name, value in overrides.items() if value is not None}
+    )
+    # Bound before anything starts: a port in use is one line and no restart, not a traceback
+    # after Redis and the model were loaded (uvicorn exits with the code of any failed start).
+    listener = listen_socket(settings.host, settings.port, "MAS_PORT", " (or pass --port)")
     embedded = None
+    started = False
     signal.signal(signal.SIGTERM, _exit_through_finally)
     try:
         if not settings.redis_url:
@@ -34,17 +44,22 @@ def run(args: argparse.Namespace) -> int:
         _warn_if_open(settings)
         # One thread per forward, as a bare app runs it: the workers and Redis share the cores.
         torch.set_num_threads(settings.torch_threads)
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(settings),
             host=settings.host,
             port=settings.port,
             log_level="info",
             access_log=settings.access_log,
         )
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[listener])
+        started = server.started
     finally:
+        listener.close()
         if embedded is not None:
             embedded.stop()
-    return 0
+    return 0 if started else _STARTUP_FAILED
 
 
 def _exit_through_finally(_signum: int, _frame: FrameType | None) -> None:

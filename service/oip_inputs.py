@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mas.data import holds_bool
 from service.problems import InvalidValue
@@ -18,9 +18,13 @@ _SIZE_FIELD = "inputs[0].parameters.binary_data_size"
 
 
 class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
+    # The constraints are documented, and checked in `input_values` with messages of their own.
+    name: str = Field(json_schema_extra={"enum": [INPUT_NAME]})
+    shape: list[int] = Field(
+        description="[n, *input_shape], or [n, values per row].",
+        json_schema_extra={"minItems": 2, "items": {"type": "integer", "minimum": 0}},
+    )
+    datatype: str = Field(json_schema_extra={"enum": [*sorted(INPUT_TYPES)]})
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None
 

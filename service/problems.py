@@ -17,7 +17,7 @@ class Problem(Exception):
 
 
 class ServiceUnavailable(Problem):
-    """Nothing to answer with right now (no model yet, shutting down); a retry may succeed."""
+    """Not now (no model yet, shutting down, the upload memory budget in use); retry later."""
 
 
 class NotServed(Problem):

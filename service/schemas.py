@@ -11,24 +11,58 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from mas.data import MAX_CLASSES, TASK_NAME
 
 # A model version in a path: canonical decimal, so "03", "+3" or "3.0" never name version 3.
 VERSION_NUMBER = r"^(0|[1-9][0-9]*)$"
+# What mas.data.validate_task_name takes, for the document: the pattern, less the names the
+# model's task heads reserve. The multipart form states the pattern only: schemathesis cannot
+# check `not` beside a binary part.
+TASK_NAME_PATTERN: dict[str, Any] = {"type": "string", "pattern": f"^{TASK_NAME.pattern}$"}
+TASK_NAME_SCHEMA: dict[str, Any] = {
+    **TASK_NAME_PATTERN,
+    "not": {"enum": [name for name in dir(nn.ModuleDict()) if TASK_NAME.fullmatch(name)]},
+}
+LABELS_SCHEMA: dict[str, Any] = {
+    "minItems": 1,
+    "items": {"type": "integer", "minimum": 0, "maximum": MAX_CLASSES - 1},
+}
 
 
 class Liveness(BaseModel):
     status: str = Field(description='Always "ok" while the process answers.')
 
 
+class ScrapeTargets(BaseModel):
+    """One target group of Prometheus's HTTP service discovery format."""
+
+    targets: list[str] = Field(description='"host:port" of a /metrics endpoint.')
+    labels: dict[str, str] = Field(description="job (the part's role) and part.")
+
+
 class Readiness(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
-    status: str = Field(description='"ready", "degraded" (Redis unreachable) or "unavailable".')
+    status: str = Field(
+        description='"ready", "degraded" (Redis unreachable, or a part cannot start) or '
+        '"unavailable".'
+    )
     detail: str | None = Field(None, description="Why it is not plainly ready; absent when it is.")
     model_version: int | None = Field(description="The version served; null before the first.")
     redis: str = Field(description='"ok", or "unreachable: <reason>".')
+    parts_stopped: dict[str, str] = Field(
+        description='Parts that cannot start ("trainer@<host>") and why: a setting to fix, as a '
+        "restart would not help."
+    )
     samples_buffered: int = Field(description="Sampled inputs waiting to be forwarded.")
     samples_dropped: dict[str, int] = Field(description="Sampled inputs dropped, by reason.")
+
+
+class DeletedVersion(BaseModel):
+    version: int = Field(description="The version deleted: its files and its traffic Ω.")
+    omega_samples: int = Field(description="Served inputs its traffic Ω had counted, discarded.")
 
 
 class VersionCounts(BaseModel):

@@ -5,6 +5,10 @@ when there was enough of it, else Ω from the stored training data of the tasks 
 core's task boundary (`mas.boundary.cross_boundary`), the new task trained against it, every known
 task evaluated on its held-out split and the retention gate's verdict. Whether the candidate is
 published and served is the job loop's decision (`worker.trainer`).
+
+An imported task has no stored data: its data Ω comes from the unlabeled inputs its import
+carried (kept in every later version), else from the new task's training inputs, and it has no
+held-out split, so the gate cannot judge it (its traffic Ω protects it like any other task's).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from mas.accumulator import ImportanceAccumulator, all_finite
 from mas.boundary import (
@@ -22,17 +27,18 @@ from mas.boundary import (
     Importance,
     RetentionGate,
     cross_boundary,
-    evaluate_tasks,
 )
 from mas.importance import importance_sums
 from mas.model import MultiHeadNet, build_model
-from mas.training import Progress, TrainConfig, train_task
+from mas.training import Progress, TrainConfig, evaluate, train_task
+from mas_stream.model_spec import first_model_spec
 from mas_stream.records.job import JobParams, OmegaSource
 from mas_stream.records.task import StoredTask
 from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
+from mas_stream.store.weights_import import UNLABELED_INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class Candidate:
     accuracy_before: dict[str, float]
     accuracy_after: dict[str, float]
     gate: GateDecision
+    unlabeled: Tensor | None = None
 
     @property
     def lam(self) -> float | None:
@@ -59,9 +66,11 @@ class Candidate:
         Ω_cons, and drift is measured against Ω_new."""
         if self.boundary is None:
             return {}
+        kept = {} if self.unlabeled is None else {UNLABELED_INPUTS: {"x": self.unlabeled}}
         return {
             OMEGA_CONSOLIDATED: _cpu(self.boundary.consolidated),
             OMEGA_BOUNDARY: _cpu(self.boundary.omega_new),
+            **kept,
         }
 
 
@@ -91,6 +100,7 @@ class CandidateBuilder:
         should_stop: Callable[[], bool],
     ) -> Candidate:
         """Learns `task` (stored as `data`) on top of version `parent`, None for a first one."""
+        unlabeled = None
         if parent is None:
             model, accuracy_before = self._first_model(data.meta.input_shape), {}
             boundary, omega = None, OmegaSource(source="none", samples=0)
@@ -98,9 +108,11 @@ class CandidateBuilder:
         else:
             loaded = self.registry.load(parent, self.device)
             model, accuracy_before = loaded.model, dict(loaded.manifest.metrics.accuracy)
-            stored = {name: self.datasets.load(name) for name in model.tasks} | {task: data}
+            stored = self._stored(model) | {task: data}
+            unlabeled = self.unlabeled_inputs(parent)
             lam = self.settings.mas_lambda if params.lam is None else params.lam
-            boundary, omega = self.boundary(parent, model, stored, lam)
+            fallback = data.x_train if unlabeled is None else unlabeled
+            boundary, omega = self.boundary(parent, model, stored, lam, fallback)
         model.add_task(task, data.meta.num_classes)
         train_task(
             model,
@@ -112,12 +124,27 @@ class CandidateBuilder:
             on_progress=on_progress,
             should_stop=should_stop,
         )
-        holdouts = {name: (split.x_holdout, split.y_holdout) for name, split in stored.items()}
-        accuracy_after = evaluate_tasks(model, holdouts)
+        accuracy_after = {
+            name: evaluate(model, name, split.x_holdout, split.y_holdout)
+            for name, split in stored.items()
+        }
         gate = RetentionGate(self.settings.retention_max_drop).decide(
             accuracy_before, accuracy_after
         )
-        return Candidate(model, parent, boundary, omega, accuracy_before, accuracy_after, gate)
+        return Candidate(
+            model, parent, boundary, omega, accuracy_before, accuracy_after, gate, unlabeled
+        )
+
+    def _stored(self, model: MultiHeadNet) -> dict[str, StoredTask]:
+        """The stored datasets of the model's tasks, in its order; imported tasks have none."""
+        return {
+            name: self.datasets.load(name) for name in model.tasks if self.datasets.exists(name)
+        }
+
+    def unlabeled_inputs(self, version: int) -> Tensor | None:
+        """The unlabeled inputs an import carried, kept by every version since."""
+        kept = self.registry.extra_tensors(version, UNLABELED_INPUTS)
+        return None if kept is None else kept["x"]
 
     def boundary(
         self,
@@ -125,10 +152,12 @@ class CandidateBuilder:
         model: MultiHeadNet,
         stored: Mapping[str, StoredTask],
         lam: float,
+        fallback: Tensor | None = None,
     ) -> tuple[Boundary, OmegaSource]:
         """The boundary the next task of `parent` (loaded as `model`, before its new head is
-        added) trains against: Ω_new consolidated onto the parent's Ω_cons, θ* = its parameters."""
-        omega_new, source = self._boundary_importance(parent, model, stored)
+        added) trains against: Ω_new consolidated onto the parent's Ω_cons, θ* = its parameters.
+        `fallback` stands in for the training inputs of tasks without stored data."""
+        omega_new, source = self._boundary_importance(parent, model, stored, fallback)
         previous = self.registry.extra_tensors(parent, OMEGA_CONSOLIDATED)
         boundary = cross_boundary(
             model,
@@ -149,18 +178,15 @@ class CandidateBuilder:
         )
 
     def _first_model(self, input_shape: Sequence[int]) -> MultiHeadNet:
-        spec = {
-            "family": "mlp",
-            "input_shape": list(input_shape),
-            "hidden": list(self.settings.hidden),
-            "activation": "relu",
-            "head_mode": self.settings.head_mode,
-            "shared_classes": self.settings.shared_classes,
-        }
+        spec = first_model_spec(self.settings, list(input_shape))
         return build_model(spec, seed=self.settings.seed).to(self.device)
 
     def _boundary_importance(
-        self, version: int, model: MultiHeadNet, stored: Mapping[str, StoredTask]
+        self,
+        version: int,
+        model: MultiHeadNet,
+        stored: Mapping[str, StoredTask],
+        fallback: Tensor | None,
     ) -> tuple[Importance, OmegaSource]:
         """Ω_new at the served parameters: from the traffic this version served when there was
         enough of it, otherwise from the stored training data of the tasks it knows."""
@@ -174,7 +200,7 @@ class CandidateBuilder:
             }
             return omega, OmegaSource(source="traffic", samples=int(traffic.count))
         log.info("v%d: Ω from the stored training data: %s", version, rejected)
-        data = self._data_importance(model, stored)
+        data = self._data_importance(model, stored, fallback)
         return data.mean(), OmegaSource(
             source="data",
             samples=int(data.count),
@@ -183,12 +209,14 @@ class CandidateBuilder:
         )
 
     def _data_importance(
-        self, model: MultiHeadNet, stored: Mapping[str, StoredTask]
+        self, model: MultiHeadNet, stored: Mapping[str, StoredTask], fallback: Tensor | None
     ) -> ImportanceAccumulator:
         """Ω over the training inputs of every task the model knows, each sample weighted alike."""
         accumulator = ImportanceAccumulator()
         for task in model.tasks:
-            inputs = stored[task].x_train
+            inputs = stored[task].x_train if task in stored else fallback
+            if inputs is None:
+                raise LookupError(f"task {task!r} has no stored data to measure Ω on")
             sums = importance_sums(
                 model,
                 inputs,

@@ -3,7 +3,8 @@
 Per loop: take over entries a dead consumer left pending, read new ones, compute per-sample
 importance grouped by (model version, task) at that version's parameters, add it to this worker's
 in-memory partial of the version, and every few reads commit partials and acknowledgements in one
-atomic step (`OmegaStore.commit`). Entries that cannot be decoded, whose importance overflows, or
+atomic step (`OmegaStore.commit`), then trim the entries every group has acknowledged, so the
+stream holds only its backlog. Entries that cannot be decoded, whose importance overflows, or
 that keep failing, go to the dead-letter stream with the reason. Several workers share one
 consumer group; Ω is their merged partials.
 """
@@ -40,6 +41,10 @@ from mas_stream.store.worker_ids import WorkerIdClaim, claim_worker_id
 from worker.importance_metrics import (
     BATCHES,
     COMMIT_CONFLICTS,
+    DEAD_LETTER_CORRUPT,
+    DEAD_LETTER_FAILED,
+    DEAD_LETTER_NON_FINITE,
+    DEAD_LETTER_RETRIES,
     DEAD_LETTERED,
     LAST_UPDATE,
     METRICS,
@@ -188,6 +193,9 @@ class ImportanceWorker:
         self._task_counts.clear()
         self._uncommitted.clear()
         self._reads_since_commit = 0
+        if committed:
+            # Last, once the commit is accounted for: an error here loses nothing but the trim.
+            self._stream.trim_acknowledged()
         return committed
 
     @contextmanager
@@ -214,12 +222,12 @@ class ImportanceWorker:
         limit = self._settings.dead_letter_after
         for entry in entries:
             if entry.deliveries is not None and entry.deliveries > limit:
-                self._dead_letter(entry, "retries_exhausted", f"delivered {entry.deliveries} times")
+                self._dead_letter(entry, DEAD_LETTER_RETRIES, f"delivered {entry.deliveries} times")
                 continue
             try:
                 sample = entry.sample()
             except CorruptSample as exc:
-                self._dead_letter(entry, "corrupt", str(exc))
+                self._dead_letter(entry, DEAD_LETTER_CORRUPT, str(exc))
                 continue
             key = (sample.version, sample.task, tuple(sample.inputs.shape[1:]))
             groups.setdefault(key, []).append((entry, sample))
@@ -243,7 +251,7 @@ class ImportanceWorker:
             log.warning("version %d task %r: %s", version, task, reason)
             for entry, _ in group:
                 if (entry.deliveries or 0) >= self._settings.dead_letter_after:
-                    self._dead_letter(entry, "failed", reason)
+                    self._dead_letter(entry, DEAD_LETTER_FAILED, reason)
             return 0
         if not all_finite(sums):
             return self._apply_non_finite(version, task, group)
@@ -265,7 +273,7 @@ class ImportanceWorker:
             return sum(self._apply_group(version, task, [item]) for item in group)
         self._dead_letter(
             group[0][0],
-            "non_finite_importance",
+            DEAD_LETTER_NON_FINITE,
             f"its importance at version {version}, task {task!r} is not finite",
         )
         return 0
@@ -324,4 +332,4 @@ def run(args: argparse.Namespace) -> int:
             id_claim=claim,
         )
 
-    return run_worker(build, lambda settings: settings.importance_metrics_port, METRICS)
+    return run_worker(build, "importance", METRICS)

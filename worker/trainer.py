@@ -18,9 +18,9 @@ import redis
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from mas.training import TrainingStopped
+from mas.training import TrainingDiverged, TrainingStopped
 from mas_stream.bootstrap import metrics_registry, run_worker
-from mas_stream.records.job import Job, JobResult, JobStatus
+from mas_stream.records.job import FINAL_STATUSES, Job, JobResult, JobStatus
 from mas_stream.records.task import StoredTask
 from mas_stream.records.version import VersionInfo, VersionMetrics
 from mas_stream.settings import Settings
@@ -29,6 +29,7 @@ from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.retention import Retention
 from worker.candidate import Candidate, CandidateBuilder
 from worker.job_lease import JobLease, LeaseLost, TrainingReports
 from worker.recovery import published_result
@@ -42,6 +43,14 @@ METRICS: Final = metrics_registry()
 JOBS = Counter(
     "mas_trainer_jobs", "Training jobs finished, by final status.", ["status"], registry=METRICS
 )
+# Every final status from the start: increase() then sees a first failure, and alerts can read it.
+for _status in sorted(FINAL_STATUSES):
+    JOBS.labels(status=_status)
+VERSIONS_HELD = Counter(
+    "mas_trainer_versions_held",
+    "Versions published but not activated: the retention gate held them.",
+    registry=METRICS,
+)
 TRAINING_SECONDS = Histogram(
     "mas_trainer_training_duration_seconds",
     "Wall time of a training job from claim to publish.",
@@ -49,10 +58,11 @@ TRAINING_SECONDS = Histogram(
     registry=METRICS,
 )
 JOB_PROGRESS = Gauge(
-    "mas_trainer_job_progress",
+    "mas_trainer_job_progress_ratio",
     "Progress (0-1) of the job being trained now.",
     registry=METRICS,
 )
+DIVERGED_HINT: Final = "submit the task again with a lower --lambda (or a lower MAS_LEARNING_RATE)"
 # The most times a job starts again because another job's version was activated while it trained.
 MAX_RESTARTS: Final = 3
 
@@ -77,8 +87,15 @@ class Trainer:
         self.jobs = JobQueue(redis_client, keys)
         self.registry = ModelRegistry(redis_client, keys, settings.models_dir)
         self.datasets = DatasetStore(redis_client, keys, settings.datasets_dir)
-        self.candidates = CandidateBuilder(
-            settings, self.registry, self.datasets, OmegaStore(redis_client, keys), device
+        omega = OmegaStore(redis_client, keys)
+        self.candidates = CandidateBuilder(settings, self.registry, self.datasets, omega, device)
+        self.retention = Retention(
+            self.registry,
+            omega,
+            self.jobs,
+            self.datasets,
+            keep_versions=settings.keep_versions,
+            job_ttl_seconds=settings.job_ttl_seconds,
         )
 
     def __repr__(self) -> str:
@@ -86,6 +103,7 @@ class Trainer:
 
     def run_once(self, block_ms: int = 1000) -> bool:
         """Claims and runs at most one job; False when none arrived within block_ms."""
+        self.retention.prune_when_due()
         job = self.jobs.claim(self.consumer, block_ms, stale_ms=self.settings.job_lease_ms)
         if job is None:
             return False
@@ -106,6 +124,11 @@ class Trainer:
                 )
             else:
                 self._finish(job, JobStatus.CANCELED, error="canceled by request")
+        except TrainingDiverged as error:
+            # Expected with a steep penalty: the job, the step and what to change, no traceback.
+            reason = f"TrainingDiverged: {error}; {DIVERGED_HINT}"
+            log.error("job %s (task %s) failed: %s", job.id, job.task, reason)
+            self._finish(job, JobStatus.FAILED, error=reason)
         except Exception as error:
             log.exception("job %s failed", job.id)
             self._finish(job, JobStatus.FAILED, error=f"{type(error).__name__}: {error}")
@@ -152,7 +175,7 @@ class Trainer:
         this job's result would lack that job's task, so it starts again on top of the new one."""
         data = self.datasets.load(job.task)
         for restarts in range(MAX_RESTARTS + 1):
-            parent = self.registry.current_version()
+            parent = self.jobs.pin_parent(job.id, self.consumer)
             result = self._learn_from(parent, job, data, lease)
             if result is not None:
                 return result.model_copy(update={"restarts": restarts})
@@ -185,6 +208,8 @@ class Trainer:
             lease.require(f"activating v{version}: it is published but not served")
             if not self.registry.activate_replacing(version, parent):
                 return None
+        else:
+            VERSIONS_HELD.inc()
         return JobResult(
             version=version,
             parent=parent,
@@ -227,4 +252,4 @@ def run(args: argparse.Namespace) -> int:
         trainer.registry.remove_abandoned_staging()
         return trainer
 
-    return run_worker(build, lambda settings: settings.trainer_metrics_port, METRICS)
+    return run_worker(build, "trainer", METRICS)

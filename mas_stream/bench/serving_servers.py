@@ -103,11 +103,14 @@ def service_environment(
 
 
 @contextmanager
-def running_service(data_dir: Path, overrides: Mapping[str, str]) -> Iterator[str]:
-    """`mas-stream serve` serving `benchmark_model()`; yields its base URL once the API is ready
-    and both workers answer /metrics, so no start-up work runs into the first window."""
+def running_service(
+    data_dir: Path, overrides: Mapping[str, str], model: mas.MultiHeadNet | None = None
+) -> Iterator[str]:
+    """`mas-stream serve` serving `model` (default `benchmark_model()`); yields its base URL once
+    the API is ready and both workers answer /metrics, so no start-up work runs into the first
+    window."""
     data_dir.mkdir(parents=True)
-    publish(benchmark_model(), data_dir)
+    publish(model or benchmark_model(), data_dir)
     ports = {part: free_port() for part in ("api", "importance", "trainer")}
     command = [sys.executable, "-m", "mas_stream", "serve"]
     log_path = data_dir / "serve.log"

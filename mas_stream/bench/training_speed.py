@@ -10,7 +10,6 @@ the shared machine hits all three alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import mas
 from mas.boundary import cross_boundary
 from mas.penalty import QuadraticAnchor
 from mas.training import TrainConfig, train_task
+from mas_stream.bench.report import command_main, finish
 from mas_stream.bench.suites import load_suite
 
 SUITE = "permuted-mnist-5k"
@@ -137,16 +137,11 @@ def run(args: argparse.Namespace) -> int:
         report = measure(repeats=5, steps=20, job_epochs=1, omega_rows=500)
     else:
         report = measure(args.repeats, args.steps, job_epochs=10, omega_rows=4000)
-    print(format_report(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return finish(report, format_report, args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mas-stream bench-training", description=__doc__)
-    configure(parser)
-    return run(parser.parse_args(argv))
+    return command_main("mas-stream bench-training", __doc__, configure, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RESULT_MARK = "WRK_RESULT "
-INSTALL_HINT = "the serving benchmark needs wrk: apt-get install wrk"
+INSTALL_HINT = "the serving benchmarks need wrk: apt-get install wrk"
 
 _DONE_HOOK = """
 function done(summary, latency, requests)

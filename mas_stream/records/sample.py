@@ -96,3 +96,12 @@ class StreamStats(BaseModel):
     length: int
     pending: int
     lag: int | None
+
+
+@dataclass(frozen=True)
+class StreamMemory:
+    """`redis_bytes`: Redis's used_memory, all keys; `stream_bytes`: the sample stream's share
+    (MEMORY USAGE, sampled)."""
+
+    redis_bytes: int
+    stream_bytes: int

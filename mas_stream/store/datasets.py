@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import logging
 import math
@@ -11,29 +10,41 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import redis
 import torch
 from redis.lock import Lock
 
-from mas.data import DataValidationError, validate_task_arrays, validate_task_name
+from mas.data import (
+    DataValidationError,
+    validate_inputs,
+    validate_task_arrays,
+    validate_task_name,
+)
 from mas_stream.records.task import StoredTask, TaskMeta, TaskOrigin
 from mas_stream.store.codec import as_text
-from mas_stream.store.files import atomic_write_bytes
+from mas_stream.store.csv_upload import Admit, read_csv
+from mas_stream.store.files import atomic_write_with
 from mas_stream.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMN = "label"
 SPLITS = ("train", "holdout")
-# Upper bound on the decompressed size of an .npz: a small compressed upload can expand enormously.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # how an .npz (a zip, perhaps empty) begins
+_NPY_MAGIC = b"\x93NUMPY"  # and a single .npy array
+# Upper bound on the decompressed size of an .npz: a small compressed upload can expand enormously
+# (the service's own, MAS_MAX_UPLOAD_BYTES, is lower and enforced through `admit`).
 MAX_NPZ_BYTES = 1 << 30
 NPY_HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
 }
+# Rows moved at a time by an in-place split (a copy of this many rows is all it allocates).
+_COMPACT_ROWS = 4096
 # How long a claim on a new task's name outlives an API process that died holding it.
 CLAIM_SECONDS = 600
 
@@ -42,15 +53,21 @@ class UnknownDataset(LookupError):
     """No stored dataset with this name."""
 
 
+def _admit_any(_: int) -> None:
+    """Library use: only MAX_NPZ_BYTES bounds an upload."""
+
+
 def parse_dataset_file(
-    filename: str, content: bytes, *, max_npz_bytes: int = MAX_NPZ_BYTES
+    filename: str, content: bytes, *, max_npz_bytes: int = MAX_NPZ_BYTES, admit: Admit = _admit_any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (float32) and labels (int64) from an uploaded .npz or .csv, fully validated."""
+    """Inputs (float32) and labels (int64) from an uploaded .npz or .csv, fully validated.
+    `admit` hears the bytes the parsed arrays will take before they are allocated (from the .npy
+    headers, or a CSV's rows × columns) and may refuse by raising."""
     suffix = Path(filename).suffix.lower()
     if suffix == ".npz":
-        x, y = _read_npz(content, max_npz_bytes)
+        x, y = _read_npz(content, max_npz_bytes, admit)
     elif suffix == ".csv":
-        x, y = _read_csv(content)
+        x, y = read_csv(content, admit)
     else:
         raise DataValidationError(
             "file", f"unsupported file type {suffix or filename!r}; use .npz or .csv"
@@ -59,13 +76,35 @@ def parse_dataset_file(
     return inputs.numpy(), labels.numpy()
 
 
-def _read_npz(content: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def parse_unlabeled_file(
+    filename: str,
+    content: bytes,
+    input_shape: list[int],
+    *,
+    max_npz_bytes: int = MAX_NPZ_BYTES,
+    admit: Admit = _admit_any,
+) -> np.ndarray:
+    """Unlabeled inputs (float32, [N, *input_shape]) from an .npz with an array x."""
+    if Path(filename).suffix.lower() != ".npz":
+        raise DataValidationError("file", f"must be an .npz with an array x, got {filename!r}")
+    (x,) = _read_npz(content, max_npz_bytes, admit, names=("x",))
+    return validate_inputs(x, input_shape=input_shape, field="x").numpy()
+
+
+def _read_npz(
+    content: bytes, max_bytes: int, admit: Admit, names: tuple[str, ...] = ("x", "y")
+) -> tuple[np.ndarray, ...]:
+    if content.startswith(_NPY_MAGIC):
+        raise DataValidationError(
+            "file", f"is a single .npy array, expected an .npz with {' and '.join(names)}"
+        )
+    if not content.startswith(_ZIP_MAGIC):
+        raise DataValidationError("file", _not_npz(content))
     try:
         archive = np.load(io.BytesIO(content), allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataValidationError("file", f"not a readable .npz archive ({error})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataValidationError("file", "is a single .npy array, expected an .npz with x and y")
+    assert isinstance(archive, np.lib.npyio.NpzFile), "what starts as a zip loads as an NpzFile"
     with archive:
         members = archive.zip
         assert members is not None, "an NpzFile's zip is None only once it is closed"
@@ -74,10 +113,24 @@ def _read_npz(content: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
             raise DataValidationError(
                 "file", f"expands to {declared} bytes, more than the {max_bytes} allowed"
             )
-        return _npz_array(archive, members, "x"), _npz_array(archive, members, "y")
+        admit(sum(_npz_array_bytes(archive, members, name) for name in names))
+        return tuple(_npz_array(archive, name) for name in names)
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, members: zipfile.ZipFile, name: str) -> np.ndarray:
+def _not_npz(content: bytes) -> str:
+    """Instead of numpy's advice to unpickle it: what it is, when that can be told."""
+    message = "is not an .npz archive (a zip of .npy arrays, as numpy.savez writes)"
+    try:
+        content[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return message
+    if not content:
+        return f"{message}: it is empty"
+    return f"{message}: it is text; a CSV with a 'label' column must be named .csv"
+
+
+def _npz_array_bytes(archive: np.lib.npyio.NpzFile, members: zipfile.ZipFile, name: str) -> int:
+    """The bytes array `name` declares, checked against its member's size: nothing is read yet."""
     if name not in archive.files:
         raise DataValidationError(name, f"missing from the archive (found {archive.files})")
     with _readable(name):
@@ -91,6 +144,10 @@ def _npz_array(archive: np.lib.npyio.NpzFile, members: zipfile.ZipFile, name: st
             f"array {name!r} declares shape {list(shape)} of {dtype} ({needed} bytes), "
             f"but its archive member holds only {available}",
         )
+    return needed
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
     with _readable(name):
         return archive[name]
 
@@ -130,54 +187,14 @@ def _npy_header(members: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], n
         return shape, dtype, members.getinfo(member).file_size - stream.tell()
 
 
-def _read_csv(content: bytes) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataValidationError("file", "is not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text))
-    try:
-        rows = [(reader.line_num, row) for row in reader if row]
-    except csv.Error as error:
-        raise DataValidationError("file", f"is not valid CSV ({error})") from None
-    if not rows:
-        raise DataValidationError("file", "is empty")
-    header = [column.strip() for column in rows[0][1]]
-    if LABEL_COLUMN not in header:
-        raise DataValidationError(LABEL_COLUMN, f"no {LABEL_COLUMN!r} column in header {header}")
-    label_index = header.index(LABEL_COLUMN)
-    if len(header) < 2:
-        raise DataValidationError("x", "no feature columns besides the label")
-    features: list[list[float]] = []
-    labels: list[float] = []
-    for line, row in rows[1:]:
-        if len(row) != len(header):
-            raise DataValidationError(
-                "file", f"line {line} has {len(row)} cells, the header has {len(header)}"
-            )
-        values = [_csv_number(cell, line, name) for name, cell in zip(header, row, strict=True)]
-        labels.append(values.pop(label_index))
-        features.append(values)
-    x = np.asarray(features, dtype=np.float64).reshape(len(features), len(header) - 1)
-    return x, np.asarray(labels)
-
-
-def _csv_number(cell: str, line: int, column: str) -> float:
-    field = LABEL_COLUMN if column == LABEL_COLUMN else "x"
-    try:
-        return float(cell)
-    except ValueError:
-        raise DataValidationError(
-            field, f"line {line}, column {column!r}: {cell.strip()!r} is not a number"
-        ) from None
-
-
 def split_holdout(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, *, in_place: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-class split, so every class with two or more rows is both trained on and judged.
 
     Rows keep their original order within each part; the same inputs and seed give the same split.
+    `in_place`: the training rows are moved to the front of `x`, and its part is a view of them,
+    so the split costs the held-out rows, not a second copy of the upload.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -186,7 +203,14 @@ def split_holdout(
     for label in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == label))
         is_holdout[members[: _holdout_count(len(members), fraction)]] = True
-    return x[~is_holdout], y[~is_holdout], x[is_holdout], y[is_holdout]
+    if not in_place:
+        return x[~is_holdout], y[~is_holdout], x[is_holdout], y[is_holdout]
+    x_holdout, kept = x[is_holdout], np.flatnonzero(~is_holdout)
+    for start in range(0, len(kept), _COMPACT_ROWS):
+        # Each row moves forward, never onto a row still to be read.
+        rows = kept[start : start + _COMPACT_ROWS]
+        x[start : start + len(rows)] = x[rows]
+    return x[: len(kept)], y[kept], x_holdout, y[is_holdout]
 
 
 def _holdout_count(class_size: int, fraction: float) -> int:
@@ -194,14 +218,12 @@ def _holdout_count(class_size: int, fraction: float) -> int:
     return min(max(round(fraction * class_size), 1), class_size - 1)
 
 
-def _npz_bytes(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        x=np.asarray(x, dtype=np.float32),
-        y=np.asarray(y, dtype=np.int64),
-    )
-    return buffer.getvalue()
+def _write_npz(
+    handle: BinaryIO, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
+) -> None:
+    """Straight into the file: numpy writes an array in chunks, an in-memory archive would hold
+    a copy of the split, and its bytes a second."""
+    np.savez(handle, x=np.asarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.int64))
 
 
 class DatasetStore:
@@ -231,7 +253,7 @@ class DatasetStore:
         failed are read by nothing (a first save's have no metadata; a re-save replaces only an
         abandoned dataset, whose job is over), and the next save of the name overwrites them."""
         for split, (x, y) in zip(SPLITS, ((x_train, y_train), (x_holdout, y_holdout)), strict=True):
-            atomic_write_bytes(self._split_path(name, split), _npz_bytes(x, y))
+            atomic_write_with(self._split_path(name, split), partial(_write_npz, x=x, y=y))
         largest_label = max(
             (int(np.max(np.asarray(y))) for y in (y_train, y_holdout) if len(y)), default=-1
         )

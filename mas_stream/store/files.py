@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # mkstemp creates owner-only files; artifacts are read by other processes sharing the volume.
 _SHARED_FILE_MODE = 0o644
@@ -22,7 +23,12 @@ def fsync_directory(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """The temp file lives in the target directory so os.replace stays a same-filesystem rename."""
+    atomic_write_with(path, lambda handle: handle.write(data))
+
+
+def atomic_write_with(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills the file (large content need not be in memory whole first). The temp file
+    lives in the target directory so os.replace stays a same-filesystem rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(
@@ -31,7 +37,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), _SHARED_FILE_MODE)
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import builtins
 import time
 import uuid
-from collections.abc import Sequence
-from string import Template
+from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import redis
@@ -25,6 +24,7 @@ from mas_stream.records.job import (
     encode_field,
     hash_arguments,
 )
+from mas_stream.store import job_scripts as scripts
 from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 _MAX_BLOCK_MS: Final = 1000
 # XAUTOCLAIM's cursor at the start of the pending list, and its reply once the scan wrapped.
 _SCAN_START: Final = "0-0"
+# Jobs looked at by one pruning script, so no single script blocks Redis for long.
+_PRUNE_BATCH: Final = 500
 
 
 def new_job_id() -> str:
@@ -45,93 +47,6 @@ def new_job_id() -> str:
 
 class UnknownJob(LookupError):
     """No job with this id."""
-
-
-def _lua(source: str) -> str:
-    """Job statuses are spelled once, by JobStatus: the scripts name them as $queued, $running..."""
-    return Template(source).substitute({status.value: status.value for status in JobStatus})
-
-
-# KEYS[1] the job's hash; ARGV[1] the claiming trainer, ARGV[2] now, ARGV[3] the delivery's entry
-# id. Returns {status before the claim, previous worker}, or {'skip', ''} for a job not to run
-# (finished, unknown, or canceled now because a cancel was requested).
-_START_SCRIPT = _lua("""
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == '$succeeded' or status == '$failed' or status == '$canceled' then
-  return {'skip', ''}
-end
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  redis.call('HSET', KEYS[1], 'status', '$canceled', 'finished_at', ARGV[2])
-  return {'skip', ''}
-end
-local previous_worker = redis.call('HGET', KEYS[1], 'worker') or ''
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', '$running', 'worker', ARGV[1], 'entry', ARGV[3])
-if redis.call('HGET', KEYS[1], 'started_at') == '' then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
-end
-return {status, previous_worker}
-""")
-
-# KEYS[1] the job's hash; ARGV[1] now. Returns 0 for an unknown job, else 1: a queued job is
-# canceled, a running one flagged for its trainer, a finished one left as it is.
-_CANCEL_SCRIPT = _lua("""
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 0 end
-if status == '$queued' then
-  redis.call('HSET', KEYS[1], 'status', '$canceled', 'finished_at', ARGV[1])
-elseif status == '$running' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-end
-return 1
-""")
-
-# KEYS[1] the job's hash, KEYS[2] the job stream; ARGV[1] the consumer group, ARGV[2] the trainer.
-# Returns 1 with the delivery's idle time reset, or 0 when another trainer has reclaimed the job,
-# so a slow trainer cannot take back an entry it lost.
-_HEARTBEAT_SCRIPT = _lua("""
-if redis.call('HGET', KEYS[1], 'status') ~= '$running'
-   or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
-  return 0
-end
-redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, redis.call('HGET', KEYS[1], 'entry'), 'JUSTID')
-return 1
-""")
-
-# The head of every script a trainer writes its job with. KEYS[1] the job's hash; ARGV[1] the
-# trainer. Returns 0 (and the script writes nothing) unless the job runs under this trainer: one
-# that lost its lease must not overwrite the outcome another trainer reported, nor acknowledge its
-# entry.
-_OWNED = _lua("""
-if redis.call('HGET', KEYS[1], 'status') ~= '$running'
-   or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
-  return 0
-end
-""")
-
-# _OWNED, then: ARGV[2..] the field, value... pairs to set. Returns 1 once written.
-_PROGRESS_SCRIPT = (
-    _OWNED
-    + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
-"""
-)
-
-# _OWNED, then: KEYS[2] the job stream; ARGV[2] the consumer group, ARGV[3..] the field, value...
-# pairs to set. Returns 1 once written, with the delivery acknowledged and deleted.
-_FINISH_SCRIPT = (
-    _OWNED
-    + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry then
-  redis.call('XACK', KEYS[2], ARGV[2], entry)
-  redis.call('XDEL', KEYS[2], entry)
-end
-return 1
-"""
-)
 
 
 def _first_delivery(entries: Sequence[tuple[Any, Any]]) -> tuple[str, str | None] | None:
@@ -151,11 +66,13 @@ class JobQueue:
     def __init__(self, redis_client: redis.Redis, keys: Keys) -> None:
         self._redis = redis_client
         self._keys = keys
-        self._start_script = redis_client.register_script(_START_SCRIPT)
-        self._cancel_script = redis_client.register_script(_CANCEL_SCRIPT)
-        self._heartbeat_script = redis_client.register_script(_HEARTBEAT_SCRIPT)
-        self._progress_script = redis_client.register_script(_PROGRESS_SCRIPT)
-        self._finish_script = redis_client.register_script(_FINISH_SCRIPT)
+        self._start_script = redis_client.register_script(scripts.START_SCRIPT)
+        self._cancel_script = redis_client.register_script(scripts.CANCEL_SCRIPT)
+        self._heartbeat_script = redis_client.register_script(scripts.HEARTBEAT_SCRIPT)
+        self._progress_script = redis_client.register_script(scripts.PROGRESS_SCRIPT)
+        self._finish_script = redis_client.register_script(scripts.FINISH_SCRIPT)
+        self._pin_parent_script = redis_client.register_script(scripts.PIN_PARENT_SCRIPT)
+        self._prune_script = redis_client.register_script(scripts.PRUNE_FINISHED_SCRIPT)
         self._prune_consumers = ConsumerPruner(redis_client, keys.jobs, keys.jobs_group)
 
     def submit(self, task: str, params: JobParams) -> str:
@@ -284,6 +201,47 @@ class JobQueue:
             args=[consumer, self._keys.jobs_group, *hash_arguments(fields)],
         )
         return bool(written)
+
+    def pin_parent(self, job_id: str, consumer: str) -> int | None:
+        """The served version, which the job's attempt trains on top of, read and recorded in the
+        job's hash in one step (nothing is recorded once the job is no longer `consumer`'s)."""
+        current = self._pin_parent_script(
+            keys=[self._keys.job(job_id), self._keys.current_version], args=[consumer]
+        )
+        return int(current) if current else None
+
+    def unfinished_parents(self) -> dict[str, int]:
+        """{job id: version} for every unfinished job that recorded the version it trains on
+        top of. The job stream holds exactly the jobs still to finish."""
+        entries = cast(list[tuple[Any, dict[Any, Any]]], self._redis.xrange(self._keys.jobs))
+        named = ({as_text(k): as_text(v) for k, v in fields.items()} for _, fields in entries)
+        job_ids = [fields["id"] for fields in named if "id" in fields]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self._keys.job(job_id), "status", "parent")
+        parents = {}
+        for job_id, (status, parent) in zip(job_ids, pipe.execute(), strict=True):
+            if status is not None and as_text(status) not in FINAL_STATUSES and parent:
+                parents[job_id] = int(parent)
+        return parents
+
+    def prune_finished(self, before: float, keep: Set[str] = frozenset()) -> int:
+        """Deletes the jobs that finished before `before` (epoch seconds), hash and index entry,
+        except those in `keep`, and index entries whose hash is gone; returns how many."""
+        candidates = cast(
+            list[bytes], self._redis.zrangebyscore(self._keys.job_index, "-inf", f"({before}")
+        )
+        job_ids = [job_id for job_id in map(as_text, candidates) if job_id not in keep]
+        removed = 0
+        for start in range(0, len(job_ids), _PRUNE_BATCH):
+            batch = job_ids[start : start + _PRUNE_BATCH]
+            removed += int(
+                self._prune_script(
+                    keys=[self._keys.job_index, *map(self._keys.job, batch)],
+                    args=[encode_field(before), *batch],
+                )
+            )
+        return removed
 
     def _ensure_group(self) -> None:
         """Created from the stream's start, so jobs submitted before any trainer are delivered."""

@@ -17,6 +17,10 @@ class Keys:
     def samples_dead(self) -> str:
         return f"{self.prefix}:samples:dead"
 
+    def samples_producer(self, producer: str) -> str:
+        """String: the last batch one forwarder process appended, so its retries apply once."""
+        return f"{self.prefix}:samples:producer:{producer}"
+
     @property
     def importance_group(self) -> str:
         return "importance"
@@ -75,6 +79,16 @@ class Keys:
     def tasks(self) -> str:
         """Hash: task name -> JSON metadata of its stored dataset."""
         return f"{self.prefix}:tasks"
+
+    @property
+    def part_faults(self) -> str:
+        """Hash: "<part>@<host>" -> why that part cannot start (a restart would not fix it)."""
+        return f"{self.prefix}:parts:faults"
+
+    @property
+    def metrics_targets(self) -> str:
+        """Hash: "<part>@<host>" -> JSON {"role", "target": "host:port"} of its /metrics."""
+        return f"{self.prefix}:parts:metrics"
 
     def task_claim(self, name: str) -> str:
         """String, set while one API process checks and stores a new task of this name."""

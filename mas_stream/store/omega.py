@@ -58,6 +58,20 @@ return 1
 """
 
 
+# KEYS: the served-version pointer, the versions set, then the version's partials, task counts and
+# revisions. ARGV[1] the version. Returns 1 once its Ω is gone, 0 (changing nothing) while it is
+# the served version: a rollback to it that lands after the caller's check keeps its Ω. A worker
+# that committed the version before finds its revision gone and redoes its work from zero.
+_DROP_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 def _decode(blob: bytes) -> ImportanceAccumulator:
     tensors, _ = decode_tensors(blob)
     return ImportanceAccumulator.from_state_dict(tensors)
@@ -71,6 +85,7 @@ class OmegaStore:
         self._redis = redis_client
         self._keys = keys
         self._commit = redis_client.register_script(_COMMIT_SCRIPT)
+        self._drop = redis_client.register_script(_DROP_SCRIPT)
         self._revisions: dict[tuple[int, str], int] = {}
 
     def load_partial(self, version: int, worker: str) -> ImportanceAccumulator | None:
@@ -130,3 +145,15 @@ class OmegaStore:
 
     def versions(self) -> list[int]:
         return sorted(int(v) for v in self._redis.smembers(self._keys.omega_versions))
+
+    def drop(self, version: int) -> bool:
+        """Forgets the version's Ω (every worker's partial and the task counts); False, forgetting
+        nothing, while it is the served version."""
+        keys = [
+            self._keys.current_version,
+            self._keys.omega_versions,
+            self._keys.omega_partials(version),
+            self._keys.omega_task_counts(version),
+            self._keys.omega_revisions(version),
+        ]
+        return bool(self._drop(keys=keys, args=[version]))

@@ -4,6 +4,7 @@ A version directory appears complete or not at all (written elsewhere, then rena
 never changed afterwards; serving another version is one SET of the pointer plus a notification.
 A staging directory is named after its writer (`.v<N>.<pid>@<host>.<random>`), so the one a killed
 writer left behind can be told from one being written now, and removed at a writer's start-up.
+Deleting a version goes the other way: renamed to a staging name first, then removed.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +103,7 @@ class ModelRegistry:
         self._models_dir.mkdir(parents=True, exist_ok=True)
         version = self._allocate_version()
         with _OWN_STAGING_LOCK:
-            owner = f"{os.getpid()}@{_host_name()}"
-            staging = Path(tempfile.mkdtemp(prefix=f".v{version}.{owner}.", dir=self._models_dir))
+            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(version), dir=self._models_dir))
             _OWN_STAGING.add(staging.name)
         try:
             manifest = VersionManifest(
@@ -135,10 +138,33 @@ class ModelRegistry:
             for path in self._models_dir.iterdir():
                 match = _STAGING_DIRECTORY.match(path.name)
                 if match and path.is_dir() and _abandoned(path, match.group(1), match.group(2)):
-                    log.warning("removing %s, left by a publish that never finished", path)
+                    log.warning(
+                        "removing %s, left by a publish or delete that never finished", path
+                    )
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
         return removed
+
+    @contextmanager
+    def withdrawn(self, version: int) -> Iterator[None]:
+        """Deletes `version`'s files once the block completes: they move aside at once (the version
+        is no longer listed, loaded nor activated), back if the block raises. A process killed
+        meanwhile leaves a staging directory, which `remove_abandoned_staging` removes."""
+        directory = self._require(version)
+        with _OWN_STAGING_LOCK:
+            aside = self._models_dir / f"{_staging_prefix(version)}{secrets.token_hex(4)}"
+            _OWN_STAGING.add(aside.name)
+        try:
+            os.rename(directory, aside)
+            try:
+                yield
+            except BaseException:
+                os.rename(aside, directory)
+                raise
+            shutil.rmtree(aside)
+        finally:
+            _OWN_STAGING.discard(aside.name)
+        fsync_directory(self._models_dir)
 
     def activate(self, version: int) -> None:
         """Serve `version` whatever is served now (an operator's promote or rollback)."""
@@ -207,6 +233,10 @@ class ModelRegistry:
         if not directory.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return directory
+
+
+def _staging_prefix(version: int) -> str:
+    return f".v{version}.{os.getpid()}@{_host_name()}."
 
 
 def _host_name() -> str:

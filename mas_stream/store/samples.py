@@ -2,20 +2,28 @@
 
 One stream entry holds the rows of one forwarded batch (`Sample`). A consumer group gives each
 entry to one importance worker; an entry stays pending until the worker's Ω checkpoint
-acknowledges it (see `OmegaStore.commit`), so a crash means redelivery, never loss.
+acknowledges it (see `OmegaStore.commit`), so a crash means redelivery, never loss. Once every
+group has acknowledged an entry it is trimmed (`trim_acknowledged`, see `stream_backlog.py`);
+MAXLEN only caps a stream nobody reads.
+
+A write whose reply is lost (a Redis that hangs past the client's timeout, then resumes) may or
+may not have been applied, so a producer names each write (`BatchId`) and retries it under the
+same name until it gets an answer: the append script applies one name once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import redis
 
-from mas_stream.records.sample import Sample, StreamEntry, StreamStats
+from mas_stream.records.sample import Sample, StreamEntry, StreamMemory, StreamStats
 from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
+from mas_stream.store.stream_backlog import StreamBacklog
 
 # Cursor value meaning "this consumer has no backlog left to scan; read new entries".
 _NEW: Final = ">"
@@ -37,6 +45,41 @@ end
 return kept
 """
 
+# KEYS: the stream, then (optional) the producer's last-batch key. ARGV: MAXLEN, the batch number,
+# the key's time to live in seconds, then per entry its field count and fields. Returns 1 when
+# appended, 0 when that producer's batch was appended before. The entries come before the batch
+# number, so a write that fails leaves the batch to be written again.
+_APPEND_SCRIPT: Final = """
+local batch = tonumber(ARGV[2])
+if KEYS[2] and tonumber(redis.call('GET', KEYS[2]) or '0') >= batch then
+  return 0
+end
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if KEYS[2] then
+  redis.call('SET', KEYS[2], batch, 'EX', ARGV[3])
+end
+return 1
+"""
+# A producer's last batch number is kept while it may still retry: a day without a write of its
+# own outlasts any Redis stall its writes wait through.
+_PRODUCER_TTL_SECONDS: Final = 86_400
+# With fewer entries than this at or before the group's last delivered one, Redis 6's lag is
+# counted exactly; beyond, it is bounded (`_counted_lag`).
+LAG_COUNT_CAP: Final = 1000
+
+
+@dataclass(frozen=True)
+class BatchId:
+    """One write of one producer (a forwarder process): numbers grow by one per write."""
+
+    producer: str
+    number: int
+
 
 class SampleStream:
     """Producer and consumer side of the stream. Remembers, per consumer, how far it has scanned
@@ -49,15 +92,38 @@ class SampleStream:
         self._backlog: dict[str, str] = {}
         self._claim_cursor: dict[str, str] = {}
         self._keep_script = redis_client.register_script(_KEEP_SCRIPT)
+        self._append_script = redis_client.register_script(_APPEND_SCRIPT)
         self._prune_consumers = ConsumerPruner(redis_client, keys.samples, keys.importance_group)
+        self._backlog_of = StreamBacklog(redis_client, keys.samples)
 
-    def append_many(self, samples: Sequence[Sample]) -> int:
-        """One round trip for all samples; returns the number of rows appended."""
-        pipe = self._redis.pipeline(transaction=False)
+    def append_many(self, samples: Sequence[Sample], batch: BatchId | None = None) -> int:
+        """One round trip, all samples or none; returns the number of rows appended, 0 when
+        `batch` was appended before (then the rows are in the stream already)."""
+        keys = [self._keys.samples]
+        args: list[Any] = [self._maxlen, 0, _PRODUCER_TTL_SECONDS]
+        if batch is not None:
+            keys.append(self._keys.samples_producer(batch.producer))
+            args[1] = batch.number
         for sample in samples:
-            pipe.xadd(self._keys.samples, sample.to_fields(), maxlen=self._maxlen, approximate=True)
-        pipe.execute()
+            fields = sample.to_fields()
+            args += [2 * len(fields), *(item for pair in fields.items() for item in pair)]
+        if not self._append_script(keys=keys, args=args):
+            return 0
         return sum(len(sample.rows) for sample in samples)
+
+    def trim_acknowledged(self) -> int:
+        """Removes the entries every consumer group has acknowledged; returns how many."""
+        return self._backlog_of.trim()
+
+    def memory(self) -> StreamMemory:
+        """Redis's used memory and the stream's own (MEMORY USAGE samples a few nodes)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.memory_usage(self._keys.samples)
+        info, stream_bytes = pipe.execute()
+        return StreamMemory(
+            redis_bytes=int(info["used_memory"]), stream_bytes=int(stream_bytes or 0)
+        )
 
     def ensure_group(self) -> None:
         try:
@@ -157,9 +223,20 @@ class SampleStream:
         group = next((g for g in groups if as_text(g["name"]) == self._keys.importance_group), None)
         if group is None:
             return StreamStats(length=int(stream["length"]), pending=0, lag=None)
-        return StreamStats(
-            length=int(stream["length"]), pending=int(group["pending"]), lag=_lag(stream, group)
-        )
+        pending = int(group["pending"])
+        lag = _reported_lag(stream, group)
+        if lag is None:
+            lag = self._counted_lag(as_text(group["last-delivered-id"]), pending)
+        return StreamStats(length=int(stream["length"]), pending=pending, lag=lag)
+
+    def _counted_lag(self, last_delivered: str, pending: int) -> int:
+        """Entries after the group's last delivered one: the stream's length less those at or
+        before it, which trimming keeps few (pending ones, and ones acknowledged after an older
+        pending one). Counting stops at LAG_COUNT_CAP; past it the lag is an upper bound."""
+        length, delivered = self._backlog_of.count_through(last_delivered, LAG_COUNT_CAP)
+        if delivered < LAG_COUNT_CAP:
+            return length - delivered
+        return max(0, length - max(delivered, pending))
 
     def _read_group(
         self, consumer: str, from_id: str, count: int, block_ms: int | None
@@ -186,8 +263,9 @@ class SampleStream:
         return [StreamEntry(e.entry_id, e.fields, counts.get(e.entry_id)) for e in entries]
 
 
-def _lag(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
-    """Redis 7 reports lag; else entries-added minus entries-read; Redis 6 only tells caught-up."""
+def _reported_lag(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
+    """Redis 7 reports lag; else entries-added minus entries-read; Redis 6 only tells caught-up
+    (None: it has to be counted)."""
     if group.get("lag") is not None:
         return int(group["lag"])
     if group.get("entries-read") is not None and stream.get("entries-added") is not None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.context import RuntimeDep
+from service.responses import errors
 from service.schemas import ImportanceReport, LayerOmega
 
 router = APIRouter(prefix="/v1/importance", tags=["importance"])
 
 
-@router.get("", response_model=ImportanceReport)
+@router.get("", response_model=ImportanceReport, responses=errors(503))
 def importance(runtime: RuntimeDep) -> ImportanceReport:
     """`versions`: per model version, how many served inputs Ω has counted (`samples`, and by
     task). `layers`: mean and max of the served version's Ω per layer, and its drift against the

@@ -11,6 +11,7 @@ from mas_stream.store.jobs import UnknownJob
 from service.auth import require_admin
 from service.context import RuntimeDep
 from service.errors import ApiError
+from service.responses import errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -19,13 +20,13 @@ def _unknown(job_id: str) -> ApiError:
     return ApiError(404, "job_id", f"no job with id {job_id!r}")
 
 
-@router.get("")
+@router.get("", responses=errors(422, 503))
 def list_jobs(runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JobList:
     """Newest first."""
     return JobList(jobs=runtime.jobs.list(limit))
 
 
-@router.get("/{job_id}", responses={404: {"description": "No such job"}})
+@router.get("/{job_id}", responses=errors(404, 503))
 def get_job(job_id: str, runtime: RuntimeDep) -> Job:
     """status queued|running|succeeded|failed|canceled; progress 0-1 with epoch, step, loss."""
     job = runtime.jobs.get(job_id)
@@ -40,7 +41,7 @@ def get_job(job_id: str, runtime: RuntimeDep) -> Job:
     responses={
         200: {"description": "Canceled, or already finished (unchanged)"},
         202: {"description": "Running: its trainer will stop it", "model": Job},
-        404: {"description": "No such job"},
+        **errors(404, 503),
     },
 )
 def cancel_job(job_id: str, runtime: RuntimeDep, response: Response) -> Job:

@@ -11,25 +11,26 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from mas_stream.store.registry import LoadedVersion
+from service.auth import require_inference
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
 from service.oip_inputs import INPUT_NAME, InferInput, input_values
+from service.responses import Responses, oip_errors
 from service.schemas import (
     VERSION_NUMBER,
     InferResponse,
     ModelMetadata,
     ModelParameters,
     ModelReady,
-    OipErrorBody,
     ServerLive,
     ServerMetadata,
     ServerReady,
@@ -43,22 +44,28 @@ OUTPUT_TYPES: dict[str, tuple[str, np.dtype]] = {
     "probabilities": ("FP32", np.dtype("<f4")),
     "predictions": ("INT64", np.dtype("<i8")),
 }
-_REFUSED: dict[int | str, dict[str, Any]] = {
-    404: {"model": OipErrorBody, "description": "Unknown model, or a version not served"},
-    503: {"model": OipErrorBody, "description": "No model to serve yet"},
-}
+_REFUSED = oip_errors(404, 503)
+# A version in a path. Its pattern is documented, not enforced by FastAPI: any other text is the
+# 404 of a version not served, as OIP has it.
+VersionPath = Annotated[
+    str,
+    Path(
+        description="The served version, e.g. 3 (not 03).",
+        json_schema_extra={"pattern": VERSION_NUMBER},
+    ),
+]
 
 
 class RequestedOutput(BaseModel):
-    name: str
+    name: str = Field(json_schema_extra={"enum": list(OUTPUT_TYPES)})
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = Field(None, description='{"task": "<task name>"}')
-    inputs: list[InferInput]
-    outputs: list[RequestedOutput] | None = None
+    inputs: list[InferInput] = Field(json_schema_extra={"minItems": 1, "maxItems": 1})
+    outputs: list[RequestedOutput] | None = Field(None, json_schema_extra={"minItems": 1})
 
 
 def _check_name(runtime: Runtime, name: str) -> None:
@@ -110,8 +117,16 @@ def server_ready(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=_REFUSED)
+def model_metadata(name: str, runtime: RuntimeDep) -> ModelMetadata:
+    return _metadata(runtime, name, None)
+
+
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_REFUSED)
-def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -> ModelMetadata:
+def version_metadata(name: str, version: VersionPath, runtime: RuntimeDep) -> ModelMetadata:
+    return _metadata(runtime, name, version)
+
+
+def _metadata(runtime: Runtime, name: str, version: str | None) -> ModelMetadata:
     loaded = _served_model(runtime, name, version)
     return ModelMetadata(
         name=name,
@@ -131,17 +146,25 @@ def model_metadata(name: str, runtime: RuntimeDep, version: str | None = None) -
     )
 
 
-_MODEL_READY: dict[int | str, dict[str, Any]] = {
+_MODEL_READY: Responses = {
     400: {"model": ModelReady, "description": "Not ready"},
-    404: {"model": OipErrorBody, "description": "Unknown model"},
+    **oip_errors(404),
 }
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=_MODEL_READY)
+def model_ready(name: str, runtime: RuntimeDep) -> JSONResponse:
+    return _readiness(runtime, name, None)
+
+
 @router.get(
     "/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=_MODEL_READY
 )
-def model_ready(name: str, runtime: RuntimeDep, version: str | None = None) -> JSONResponse:
+def version_ready(name: str, version: VersionPath, runtime: RuntimeDep) -> JSONResponse:
+    return _readiness(runtime, name, version)
+
+
+def _readiness(runtime: Runtime, name: str, version: str | None) -> JSONResponse:
     _check_name(runtime, name)
     loaded = runtime.served.current
     ready = loaded is not None and version in (None, str(loaded.version))
@@ -154,33 +177,35 @@ _INFER_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
     }
 }
-_INFERRED: dict[int | str, dict[str, Any]] = {
+_INFERRED: Responses = {
     200: {
         "description": f"JSON, or with binary outputs: the JSON header ({HEADER_LENGTH} bytes, "
         "as InferResponse), then each binary output's bytes in output order",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
-    400: {"model": OipErrorBody, "description": f"{HEADER_LENGTH} does not fit the body"},
-    422: {"model": OipErrorBody, "description": "Bad input"},
-    **_REFUSED,
+    **oip_errors(400, 404, 422, 503),
+}
+_INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": _INFERRED,
+    "openapi_extra": _INFER_BODY,
+    "dependencies": [Depends(require_inference)],
 }
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferResponse,
-    responses=_INFERRED,
-    openapi_extra=_INFER_BODY,
-)
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferResponse,
-    responses=_INFERRED,
-    openapi_extra=_INFER_BODY,
-)
-async def infer(
-    name: str, request: Request, runtime: RuntimeDep, version: str | None = None
+@router.post("/models/{name}/infer", **_INFER_ROUTE)
+async def infer(name: str, request: Request, runtime: RuntimeDep) -> Response:
+    return await _infer(runtime, request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
+async def version_infer(
+    name: str, version: VersionPath, request: Request, runtime: RuntimeDep
 ) -> Response:
+    return await _infer(runtime, request, name, version)
+
+
+async def _infer(runtime: Runtime, request: Request, name: str, version: str | None) -> Response:
     loaded = _served_model(runtime, name, version)
     body, binary = await _read_request(request)
     parameters = body.parameters or {}
@@ -192,7 +217,7 @@ async def infer(
     values = input_values(body.inputs[0], binary, loaded.model.input_shape)
     batch = runtime.inference.batch(loaded, values, "inputs[0].data")
     requested = _requested_outputs(body)
-    result = await runtime.inference.predict(loaded, task, batch)
+    result = await runtime.inference.predict(loaded, task, batch, "inputs[0].data")
     return _response(name, body, requested, result)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.auth import require_inference
 from service.context import RuntimeDep
-from service.schemas import ErrorBody
+from service.responses import errors
 
 router = APIRouter(tags=["predict"])
 
@@ -35,10 +36,8 @@ class PredictResponse(BaseModel):
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    responses={
-        422: {"model": ErrorBody, "description": "Bad input"},
-        503: {"model": ErrorBody, "description": "No model yet"},
-    },
+    dependencies=[Depends(require_inference)],
+    responses=errors(415, 422, 503),
 )
 async def predict(body: PredictRequest, runtime: RuntimeDep) -> PredictResponse:
     inference = runtime.inference

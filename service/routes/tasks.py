@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
+from starlette.datastructures import UploadFile
 
 from mas_stream.records.task import TaskMeta
-from mas_stream.store.datasets import UnknownDataset
+from mas_stream.store.datasets import DatasetStore, UnknownDataset
+from mas_stream.store.keys import Keys
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
+from service.forms import parsed_form
 from service.intake import TaskUpload, TrainingOptions
+from service.responses import errors
+from service.schemas import TASK_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 OPTION_FIELDS = ("epochs", "lambda", "holdout_fraction", "num_classes")
 FORM_FIELDS = frozenset({"name", "file", *OPTION_FIELDS})
+
+
+def _form_options() -> dict[str, Any]:
+    """The options' JSON schemas, less their null: a form field is text or absent."""
+    properties = TrainingOptions.model_json_schema(by_alias=True)["properties"]
+    return {field: properties[field]["anyOf"][0] for field in OPTION_FIELDS}
+
 
 _SUBMIT_BODY = {
     "requestBody": {
@@ -33,17 +42,18 @@ _SUBMIT_BODY = {
                     "type": "object",
                     "required": ["name", "file"],
                     "properties": {
-                        "name": {"type": "string"},
+                        "name": {
+                            **TASK_NAME_PATTERN,
+                            "description": "Not a name the model reserves (TaskUpload lists them)",
+                        },
                         "file": {
                             "type": "string",
                             "format": "binary",
                             "description": ".npz with arrays x and y, or CSV with a 'label' column",
                         },
-                        "epochs": {"type": "integer"},
-                        "lambda": {"type": "number"},
-                        "holdout_fraction": {"type": "number"},
-                        "num_classes": {"type": "integer"},
+                        **_form_options(),
                     },
+                    "additionalProperties": False,
                 }
             },
             "application/json": {"schema": {"$ref": "#/components/schemas/TaskUpload"}},
@@ -59,10 +69,7 @@ _SUBMIT_BODY = {
     openapi_extra=_SUBMIT_BODY,
     responses={
         202: {"description": "Stored and queued; Location names the job"},
-        409: {"description": "A task of that name exists"},
-        413: {"description": "Body too large"},
-        415: {"description": "Neither multipart/form-data nor JSON"},
-        422: {"description": "Bad data, named by field"},
+        **errors(409, 415, 422, 503),
     },
 )
 async def submit_task(request: Request, runtime: RuntimeDep) -> JSONResponse:
@@ -83,30 +90,8 @@ async def submit_task(request: Request, runtime: RuntimeDep) -> JSONResponse:
     )
 
 
-@contextlib.asynccontextmanager
-async def _parsed_form(request: Request) -> AsyncIterator[FormData]:
-    """Starlette answers bad framing (no boundary, too many parts) with a 400 naming no field;
-    here it is the 422 of the body, or of the file when there are too many files."""
-    try:
-        form = await request.form(max_files=1, max_fields=len(FORM_FIELDS))
-    except HTTPException as error:
-        if error.status_code != 400:  # 413 stays 413
-            raise
-        field = "file" if "Too many files" in str(error.detail) else "body"
-        raise ApiError(422, field, f"is not valid multipart/form-data: {error.detail}") from None
-    try:
-        yield form
-    finally:
-        await form.close()
-
-
 async def _submit_form(request: Request, runtime: Runtime) -> tuple[str, str]:
-    async with _parsed_form(request) as form:
-        unknown = sorted(set(form.keys()) - FORM_FIELDS)
-        if unknown:
-            raise ApiError(
-                422, unknown[0], f"unknown form field; expected some of {sorted(FORM_FIELDS)}"
-            )
+    async with parsed_form(request, FORM_FIELDS, max_files=1, files_field="file") as form:
         name = form.get("name")
         if not isinstance(name, str):
             raise ApiError(422, "name", "a text field 'name' is required")
@@ -136,8 +121,15 @@ class TaskList(BaseModel):
     tasks: list[TaskDescription]
 
 
+def _stored(runtime: Runtime) -> DatasetStore:
+    """Task metadata through the quick Redis client, as the other admin reads: while Redis hangs
+    these reads answer 503 within a probe's timeout, not after the patient client's retries."""
+    settings = runtime.settings
+    return DatasetStore(runtime.quick_redis, Keys(settings.key_prefix), settings.datasets_dir)
+
+
 def _describe(runtime: Runtime, name: str) -> TaskDescription:
-    meta = runtime.datasets.meta(name)
+    meta = _stored(runtime).meta(name)
     loaded = runtime.served.current
     learned = loaded is not None and name in loaded.model.tasks
     accuracy = loaded.manifest.metrics.accuracy if loaded else {}
@@ -149,15 +141,13 @@ def _describe(runtime: Runtime, name: str) -> TaskDescription:
     )
 
 
-@router.get("", response_model_exclude_unset=True)
+@router.get("", response_model_exclude_unset=True, responses=errors(503))
 def list_tasks(runtime: RuntimeDep) -> TaskList:
     """Stored tasks in arrival order; `served` says whether the served version has learned it."""
-    return TaskList(tasks=[_describe(runtime, name) for name in runtime.datasets.names()])
+    return TaskList(tasks=[_describe(runtime, name) for name in _stored(runtime).names()])
 
 
-@router.get(
-    "/{name}", response_model_exclude_unset=True, responses={404: {"description": "No such task"}}
-)
+@router.get("/{name}", response_model_exclude_unset=True, responses=errors(404, 503))
 def get_task(name: str, runtime: RuntimeDep) -> TaskDescription:
     try:
         return _describe(runtime, name)

@@ -215,11 +215,11 @@ def test_importance_counts_and_layer_drift(
         assert all(layers[name]["max"] >= layers[name]["mean"] >= 0 for name in layers)
         assert all(layers[name]["drift"] > 0 for name in trunk)
         scrape = httpx.get(f"{base}/metrics").text
-        assert metric(scrape, "mas_importance_samples", task="t0") == 20
-        assert metric(scrape, "mas_importance_samples") == 30
+        assert metric(scrape, "mas_model_importance_samples", task="t0") == 20
+        assert metric(scrape, "mas_model_importance_samples") == 30
         for layer in trunk:
             for stat in ("mean", "max", "drift"):
-                series = f"mas_importance_layer_{stat}"
+                series = f"mas_model_importance_layer_{stat}{'_ratio' if stat == 'drift' else ''}"
                 assert metric(scrape, series, layer=layer) == pytest.approx(layers[layer][stat])
 
 

@@ -24,7 +24,7 @@ from mas_stream.store.registry import LoadedVersion
 from service.errors import headers_of, status_of
 from service.inference import MicroBatcher
 from service.problems import ServiceUnavailable
-from tests.support.api import Api, api_settings, metric, rows, snapshot, upload
+from tests.support.api import Api, api_settings, metric, refused, rows, snapshot, upload
 from tests.support.files import npz_bytes
 from tests.support.serving import run_api
 from tests.support.versions import SPEC, publish
@@ -55,17 +55,6 @@ def no_state_change(api: Api) -> Iterator[None]:
     yield
     time.sleep(0.1)  # room for a (wrongly) buffered sample to reach the stream
     assert snapshot(api.settings) == before
-
-
-def refused(response: httpx.Response, status: int, field: str) -> str:
-    assert response.status_code == status, response.text[:500]
-    error = response.json()["error"]
-    if isinstance(error, str):  # the Open Inference Protocol's shape
-        assert error.startswith(f"{field}: "), error
-        return error
-    assert error["field"] == field, error
-    assert error["message"]
-    return error["message"]
 
 
 def predict(api: Api, body: dict) -> httpx.Response:

@@ -74,10 +74,10 @@ def test_concurrent_requests_share_forward_passes_and_every_row_is_forwarded(
         assert all(r.status_code == 200 for r in responses)
         assert {r.json()["model_version"] for r in responses} == {version}
         scrape = httpx.get(f"{base}/metrics").text
-        forwards = metric(scrape, "mas_predict_batch_size_count")
-        assert metric(scrape, "mas_predict_batch_size_sum") == requests
+        forwards = metric(scrape, "mas_predict_batch_rows_count")
+        assert metric(scrape, "mas_predict_batch_rows_sum") == requests
         assert forwards <= requests / 4, f"{forwards} forward passes for {requests} requests"
-        assert metric(scrape, "mas_predict_batch_size_bucket", le="32.0") == forwards
+        assert metric(scrape, "mas_predict_batch_rows_bucket", le="32.0") == forwards
         wait_until(
             lambda: redis_conn.exists(keys.samples) and redis_conn.xlen(keys.samples) == requests
         )
@@ -145,5 +145,6 @@ def test_activation_elsewhere_reaches_the_server_by_notification(
 
         wait_until(serving_second, timeout=5.0)
         scrape = httpx.get(f"{base}/metrics").text
-        assert metric(scrape, "mas_model_task_accuracy", task="t1") == 0.7
-        assert metric(scrape, "mas_model_task_accuracy", task="t0") == 0.88
+        accuracy = "mas_model_task_accuracy_ratio"
+        assert metric(scrape, accuracy, task="t1", version=str(second)) == 0.7
+        assert metric(scrape, accuracy, task="t0", version=str(second)) == 0.88

@@ -20,7 +20,7 @@ from tests.support.versions import publish
 
 # A kubelet probe's default timeout: an answer slower than this restarts a pod that still serves.
 PROBE_TIMEOUT_SECONDS = 1.0
-PROBED = ("/readyz", "/healthz", "/v1/models", "/v1/jobs", "/v1/importance")
+PROBED = ("/readyz", "/healthz", "/v1/models", "/v1/jobs", "/v1/importance", "/v1/tasks")
 
 
 def server_pid(server: EmbeddedRedis) -> int:

@@ -4,17 +4,13 @@ nothing of it is served or forwarded."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
-from mas_stream.store.keys import Keys
-from tests.support.api import Api, api_settings, snapshot
-from tests.support.serving import run_api
-from tests.support.versions import publish
+from tests.support.api import Api, serving_t0, snapshot
 
 MIXED = [[0.5, True, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]
 ALL_BOOLEAN = [[True, False] * 4]
@@ -22,11 +18,8 @@ ALL_BOOLEAN = [[True, False] * 4]
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Api]:
-    keys = Keys(prefix=f"test-strict-{uuid.uuid4().hex[:8]}")
-    settings = api_settings(tmp_path_factory.mktemp("strict"), redis_url, keys)
-    version = publish(settings, {"t0": 3})
-    with run_api(settings) as base:
-        yield Api(base, settings, version)
+    with serving_t0(tmp_path_factory.mktemp("strict"), redis_url, "strict") as served:
+        yield served
 
 
 @pytest.mark.parametrize("rows", [MIXED, ALL_BOOLEAN], ids=["mixed", "all-boolean"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mas
-from mas_stream.bench import command, importance_speed
+from mas_stream.bench import command
 from mas_stream.bench.runner import default_lambda, protocol_config, run_method
 from mas_stream.bench.suites import Suite, load_suite
 from tests.support.paths import ROOT
@@ -188,20 +188,6 @@ def test_module_entry_point_rejects_an_unknown_suite() -> None:
     )
     assert completed.returncode == 2
     assert "--suite" in completed.stderr
-
-
-def test_importance_speed_benchmark_reports_every_method_and_their_agreement(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out_json = tmp_path / "speed.json"
-    argv = ["--loop-samples", "20", "--repeats", "1", "--threads", "1", "--json", str(out_json)]
-    assert importance_speed.main(argv) == 0
-    report = json.loads(out_json.read_text())
-    assert set(report["samples_per_second"]) == {"loop", "exact", "batch", "jacobian", "vmap"}
-    assert all(rate > 0 for rate in report["samples_per_second"].values())
-    assert report["samples"] == 4000 and report["loop_samples"] == 20
-    assert all(value < 1e-5 for value in report["max_relative_difference"].values())
-    assert "exact/loop" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("grid", [[0.01, 0.1, 1.0], [1.0, 0.1, 0.01]])

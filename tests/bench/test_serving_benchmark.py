@@ -28,7 +28,7 @@ def test_missing_wrk_is_one_line_naming_the_install(
     monkeypatch.setattr(serving, "wrk_executable", lambda: None)
     assert serving.main(["--quick"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "the serving benchmark needs wrk: apt-get install wrk"
+        "the serving benchmarks need wrk: apt-get install wrk"
     ]
 
 

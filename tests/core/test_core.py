@@ -282,7 +282,7 @@ def test_factory_family_builds_a_user_trunk() -> None:
         (np.zeros((2, 4)), np.array([0, 5]), "y", "< 3"),
         (np.zeros((2, 4)), np.array([0.5, 1]), "y", "integer"),
         (np.zeros((2, 5)), np.zeros(2), "x", "shape [4]"),
-        (np.array([["a", "b"]]), np.zeros(1), "x", "numeric"),
+        (np.array([["a", "b"]]), np.zeros(1), "x", "must be numbers"),
     ],
 )
 def test_validation_names_the_field_and_problem(

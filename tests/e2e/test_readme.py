@@ -100,6 +100,9 @@ def other_value(name: str) -> tuple[str, Any]:
         return "[3, 2]", [3, 2]
     if annotation is Path:
         return "readme-dir", Path("readme-dir")
+    if name == "model_spec":  # a spec that builds
+        spec = json.dumps({"family": "mlp", "input_shape": [3]})
+        return spec, spec
     return "readme-value", "readme-value"
 
 

@@ -35,7 +35,7 @@ def test_mas_retains_task0_and_every_served_row_is_counted() -> None:
     assert counted == dict(report.rows_served)
     assert report.rows_served[report.stages[0].job.result.version] >= 2000
     assert report.drop("task0") <= 0.03, [stage.accuracy for stage in report.stages]
-    for series in ("mas_importance_layer_mean", "mas_importance_layer_drift"):
+    for series in ("mas_model_importance_layer_mean", "mas_model_importance_layer_drift_ratio"):
         assert series in metrics
 
 

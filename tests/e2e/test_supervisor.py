@@ -54,8 +54,8 @@ def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> No
         )
         assert submitted.returncode == 0, submitted.stderr
         assert '"status": "succeeded"' in submitted.stdout
-        # The progress bar counts epochs as people do, and no request log runs through it.
-        assert "succeeded epoch 3/3 loss" in submitted.stderr
+        # Progress counts epochs as people do, and no request log runs through it.
+        assert "succeeded: epoch 3/3, loss" in submitted.stderr
         assert "HTTP Request" not in submitted.stderr
         served = client.predict("digits01", task.x_test.numpy())
         accuracy = (task.y_test.numpy() == served["predictions"]).mean()

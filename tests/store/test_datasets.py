@@ -75,10 +75,10 @@ def test_csv_parses_label_column_anywhere() -> None:
 @pytest.mark.parametrize(
     ("filename", "content", "field", "problem"),
     [
-        ("d.npz", b"definitely not a zip archive", "file", "not a readable .npz"),
+        ("d.npz", b"definitely not a zip archive", "file", "not an .npz archive"),
         ("d.npz", npz_bytes(x=np.zeros((2, 2)), y=np.array([0, 1]))[:60], "file", ".npz"),
-        ("d.npz", pickle.dumps({"x": [1.0], "y": [0]}), "file", "not a readable .npz"),
-        ("d.npz", b"", "file", "not a readable .npz"),
+        ("d.npz", pickle.dumps({"x": [1.0], "y": [0]}), "file", "not an .npz archive"),
+        ("d.npz", b"", "file", "not an .npz archive"),
         ("d.npz", corrupted(GOOD_NPZ, 200), "file", "corrupt"),
         ("d.npz", corrupted(GOOD_COMPRESSED_NPZ, 100), "file", "corrupt"),
         ("d.npz", NPY_BYTES, "file", "single .npy array"),
@@ -101,7 +101,7 @@ def test_csv_parses_label_column_anywhere() -> None:
         ("d.npz", npz_bytes(x=np.zeros((0, 2)), y=np.zeros(0, np.int64)), "x", "empty"),
         ("d.npz", npz_bytes(x=np.zeros((2, 2)), y=np.array([0.5, 1.0])), "y", "integer"),
         ("d.npz", npz_bytes(x=np.zeros((2, 2)), y=np.array([0, -1])), "y", ">= 0"),
-        ("d.npz", npz_bytes(x=np.array(["a", "b"]), y=np.array([0, 1])), "x", "numeric"),
+        ("d.npz", npz_bytes(x=np.array(["a", "b"]), y=np.array([0, 1])), "x", "must be numbers"),
         ("d.csv", b"", "file", "empty"),
         ("d.csv", b"\xff\xfe\x00binary", "file", "UTF-8"),
         ("d.csv", b"a,b\n1,2\n", "label", "no 'label' column"),

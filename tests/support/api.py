@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import redis_client
+from tests.support.serving import run_api
 from tests.support.settings import make_settings
+from tests.support.versions import publish
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,6 +52,18 @@ def upload(
     )
 
 
+def refused(response: httpx.Response, status: int, field: str) -> str:
+    """The message of an error answer with this status and field (either API's error shape)."""
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    if isinstance(error, str):  # the Open Inference Protocol's shape
+        assert error.startswith(f"{field}: "), error
+        return error
+    assert error["field"] == field, error
+    assert error["message"]
+    return error["message"]
+
+
 def snapshot(settings: Settings) -> dict[str, Any]:
     """Everything a refused request must leave as it was."""
     assert settings.redis_url is not None
@@ -62,6 +79,11 @@ def snapshot(settings: Settings) -> dict[str, Any]:
             "current": client.get(keys.current_version),
             "dataset_files": (
                 sorted(str(p) for p in datasets.rglob("*")) if datasets.exists() else []
+            ),
+            "model_files": (
+                sorted(str(p) for p in settings.models_dir.rglob("*"))
+                if settings.models_dir.exists()
+                else []
             ),
         }
     finally:
@@ -80,3 +102,13 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def rows(n: int, width: int = 8, value: float = 0.5) -> list[list[float]]:
     return [[value + 0.01 * (i + j) for j in range(width)] for i in range(n)]
+
+
+@contextmanager
+def serving_t0(directory: Path, redis_url: str, name: str) -> Iterator[Api]:
+    """A server of its own key prefix whose one version serves task t0 (3 classes, 8 inputs)."""
+    keys = Keys(prefix=f"test-{name}-{uuid.uuid4().hex[:8]}")
+    settings = api_settings(directory, redis_url, keys)
+    version = publish(settings, {"t0": 3})
+    with run_api(settings) as base:
+        yield Api(base, settings, version)

@@ -56,17 +56,16 @@ def test_worker_omega_equals_importance_sums_per_version_and_task(
     # Gauges refresh at most once a second: the next loop after that publishes the current one's.
     time.sleep(1.05)
     worker.run_once()
-    assert worker_metric("mas_importance_stream_length") == len(traffic)
-    assert worker_metric("mas_importance_stream_pending") == 0
+    assert worker_metric("mas_importance_stream_length_entries") == 0  # acknowledged: trimmed
+    assert worker_metric("mas_importance_stream_pending_entries") == 0
     merged = omega.merged(2)
     assert merged is not None
     summary = layer_summary(merged.mean(), registry.extra_tensors(2, "omega_boundary"))
     assert set(summary) == {"trunk.1", "heads.a", "heads.b"}
     for layer, values in summary.items():
         for stat, value in values.items():
-            assert worker_metric(f"mas_importance_layer_{stat}", layer=layer) == pytest.approx(
-                value
-            )
+            series = f"mas_importance_layer_{stat}{'_ratio' if stat == 'drift' else ''}"
+            assert worker_metric(series, layer=layer) == pytest.approx(value)
 
 
 def test_corrupt_entries_and_unknown_versions_are_dead_lettered_not_counted(
