@@ -13,16 +13,19 @@ import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
-    """Linear modules that own their weight alone: tied weights and parametrized weights
-    (weight_norm, spectral_norm) take the general path."""
+def sole_owner_modules(model: nn.Module, kind: type[ModuleT]) -> dict[str, ModuleT]:
+    """Modules of the kind that own their weight alone: tied weights and parametrized weights
+    (weight_norm, spectral_norm) get gradients the recorded calls do not show, so they take the
+    general path."""
     owners: dict[int, int] = {}
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
@@ -30,10 +33,15 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
+        if isinstance(module, kind)
         and isinstance(module._parameters.get("weight"), nn.Parameter)
         and all(owners[id(p)] == 1 for p in module.parameters(recurse=False))
     }
+
+
+def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear modules whose calls the shortcut can cover."""
+    return sole_owner_modules(model, nn.Linear)
 
 
 def owner(parameter_name: str) -> str:
@@ -48,28 +56,42 @@ def parameter_name(module_name: str, attribute: str) -> str:
 
 @dataclass
 class LinearCalls:
-    """What forward hooks saw of each Linear module during one forward pass."""
+    """What forward hooks saw of each recorded module during one forward pass."""
 
     inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     outputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    versions: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+
+    def rewritten(self) -> bool:
+        """Whether an output the model went on with was changed in place (ReLU(inplace=True),
+        `out += residual`): its gradient is then no longer the layer's δ."""
+        return any(tensor._version != version for tensor, version in self.versions)
 
 
 @contextmanager
-def record_linear_calls(modules: Mapping[str, nn.Module]) -> Iterator[LinearCalls]:
-    """Records every call of the given modules while the block runs; the hooks go afterwards."""
+def record_linear_calls(
+    modules: Mapping[str, nn.Module], *, copy_outputs: bool = True
+) -> Iterator[LinearCalls]:
+    """Records every call of the given modules while the block runs; the hooks go afterwards.
+
+    With copy_outputs the model goes on with a copy of each output, so an in-place op after the
+    layer cannot rewrite the tensor whose gradient is δ. Without, nothing is copied and
+    `rewritten()` tells afterwards whether a copy was needed.
+    """
     calls = LinearCalls()
 
     def hook(
         name: str,
-    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
+    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor | None]:
         def save(
             _module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
-        ) -> torch.Tensor:
+        ) -> torch.Tensor | None:
             calls.inputs.setdefault(name, []).append(args[0].detach())
             calls.outputs.setdefault(name, []).append(output)
-            # The model goes on with a copy, so an in-place op after the layer (ReLU(inplace=True))
-            # cannot rewrite the tensor whose gradient is δ.
-            return output.clone()
+            if copy_outputs:
+                return output.clone()
+            calls.versions.append((output, output._version))
+            return None
 
         return save
 
@@ -81,20 +103,26 @@ def record_linear_calls(modules: Mapping[str, nn.Module]) -> Iterator[LinearCall
             handle.remove()
 
 
-def row_linears(
-    linears: dict[str, nn.Linear], calls: LinearCalls, total: torch.Tensor, batch: int
-) -> tuple[set[str], set[str]]:
-    """(per_row, unused): Linears called with one sample per row of dim 0, whose per-sample
-    gradients are products of recorded tensors; and Linears this forward did not use at all.
+def one_sample_per_row(module: nn.Module, a: torch.Tensor, batch: int) -> bool:
+    """Whether a call's input holds one sample per row of dim 0. A Conv2d input must be 4-d: a
+    3-d one is a single image, whose first dim is channels."""
+    return a.dim() >= (4 if isinstance(module, nn.Conv2d) else 2) and a.shape[0] == batch
 
-    Any other Linear needs torch.func: one whose rows are not samples (x.reshape(B * T, F),
+
+def row_linears(
+    linears: Mapping[str, nn.Module], calls: LinearCalls, total: torch.Tensor, batch: int
+) -> tuple[set[str], set[str]]:
+    """(per_row, unused): modules (Linear, Conv2d) called with one sample per row of dim 0,
+    whose per-sample gradients come from recorded tensors; and those this forward did not use.
+
+    Any other module needs torch.func: one whose rows are not samples (x.reshape(B * T, F),
     sequence-first input) or one whose weight is used without calling it (nn.MultiheadAttention
     uses out_proj.weight directly).
     """
     per_row = {
         name
         for name, seen in calls.inputs.items()
-        if all(a.dim() >= 2 and a.shape[0] == batch for a in seen)
+        if all(one_sample_per_row(linears[name], a, batch) for a in seen)
     }
     silent = [
         (name, p)

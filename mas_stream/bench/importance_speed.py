@@ -1,8 +1,10 @@
 """How fast exact per-sample MAS importance is, against the ways it is usually computed.
 
-`python -m mas_stream.bench.importance_speed [--json out.json]`: MLP 784-256-256 with a 10-way
-head on the 4,000 MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per
-second, best of --repeats (the methods take turns within each round).
+`python -m mas_stream.bench.importance_speed [--json out.json]`: the MLP 784-256-256 and the
+built-in CNN (conv 16-32 on [1, 28, 28], 128 hidden), each with a 10-way head, on the 4,000
+MNIST-5k training inputs, 2 threads unless --threads. Rates are samples per second, best of
+--repeats (the methods take turns within each round). A profile of one exact pass per model
+names the layer that limits it.
 """
 
 from __future__ import annotations
@@ -12,28 +14,56 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.profiler import ProfilerActivity, profile
 
 import mas
 from mas.importance import Method
-from mas_stream.bench.suites import load_suite
+from mas.importance_pass import forward
+from mas_stream.bench.suites import Suite, load_suite
 
 Sums = dict[str, torch.Tensor]
 SUITE = "permuted-mnist-5k"
 TASK = "task0"
+# The labels mas.per_sample gives the parts of one exact pass.
+PASS_LABEL = "mas.per_sample "
 
 
-def reference_loop(model: mas.MultiHeadNet, inputs: torch.Tensor, task: str) -> Sums:
+@dataclass(frozen=True)
+class Case:
+    """One model of the benchmark: its spec, the shape of its inputs, and which methods are
+    slow enough per sample that they run on the loop's subset rather than on every input."""
+
+    key: str
+    title: str
+    spec: dict[str, Any]  # on top of the suite's model spec (its head, activation)
+    on_subset: frozenset[str]
+
+
+CASES = (
+    Case("mlp", "MLP 784-256-256 + 10-way head", {}, frozenset({"loop"})),
+    Case(
+        "cnn",
+        "CNN conv3x3 16-32 (max-pool 2) + 128 + 10-way head, [1, 28, 28]",
+        {"family": "cnn", "input_shape": [1, 28, 28], "channels": [16, 32], "hidden": [128]},
+        frozenset({"loop", "jacobian", "vmap"}),
+    ),
+)
+
+
+def reference_loop(model: nn.Module, inputs: torch.Tensor, task: str | None) -> Sums:
     """The definition read literally: one forward and one backward per sample."""
     names, parameters = zip(*model.named_parameters(), strict=True)
     sums = [torch.zeros_like(p) for p in parameters]
     model.eval()
     for row in inputs:
-        output = model(row.unsqueeze(0), task)
+        output = forward(model, row.unsqueeze(0), task)
         grads = torch.autograd.grad(output.pow(2).sum(), parameters, allow_unused=True)
         for total, g in zip(sums, grads, strict=True):
             if g is not None:
@@ -84,92 +114,152 @@ def _relative_difference(a: Sums, b: Sums) -> float:
     return worst / scale
 
 
-def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    suite = load_suite(SUITE)
-    inputs = suite.tasks[0].x_train
-    model = mas.build_model(suite.model_spec, {TASK: 10}, seed=0)
+def pass_profile(exact: Callable[[], Sums]) -> dict[str, float]:
+    """Seconds of one exact pass by part (forward, backward, each layer's per-sample sums), from
+    the profiler labels the pass carries, slowest first."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        exact()
+    seconds = {
+        event.key.removeprefix(PASS_LABEL): event.cpu_time_total / 1e6
+        for event in profiler.key_averages()
+        if event.key.startswith(PASS_LABEL)
+    }
+    return dict(sorted(seconds.items(), key=lambda item: -item[1]))
+
+
+def limiting_layer(parts: dict[str, float]) -> str:
+    """The slowest layer of the pass; forward and backward are every method's shared cost."""
+    return next(name for name in parts if name not in ("forward", "backward"))
+
+
+def measure_case(
+    case: Case, suite: Suite, loop_samples: int, batch_size: int, repeats: int
+) -> dict[str, Any]:
+    model = mas.build_model({**suite.model_spec, **case.spec}, {TASK: 10}, seed=0)
+    inputs = suite.tasks[0].x_train.reshape(-1, *model.input_shape)
     subset = inputs[:loop_samples]
 
-    def importance(method: Method, x: torch.Tensor) -> Callable[[], Sums]:
+    def rows(method: str) -> torch.Tensor:
+        return subset if method in case.on_subset else inputs
+
+    def importance(method: Method) -> Callable[[], Sums]:
+        x = rows(method)
         return lambda: mas.importance_sums(
             model, x, task=TASK, method=method, batch_size=batch_size
         )
 
+    computations: dict[str, Callable[[], Sums]] = {
+        "loop": lambda: reference_loop(model, subset, TASK),
+        "exact": importance("exact"),
+        "batch": importance("batch"),
+        "jacobian": importance("jacobian"),
+        "vmap": lambda: functorch_sums(model, rows("vmap"), TASK, batch_size),
+    }
     rates = _best_rates(
-        {
-            "loop": (lambda: reference_loop(model, subset, TASK), len(subset)),
-            "exact": (importance("exact", inputs), len(inputs)),
-            "batch": (importance("batch", inputs), len(inputs)),
-            "jacobian": (importance("jacobian", inputs), len(inputs)),
-            "vmap": (lambda: functorch_sums(model, inputs, TASK, batch_size), len(inputs)),
-        },
-        repeats,
+        {name: (compute, len(rows(name))) for name, compute in computations.items()}, repeats
     )
-    (loop_rate, loop), (exact_rate, exact) = rates["loop"], rates["exact"]
-    (batch_rate, _), (vmap_rate, by_vmap) = rates["batch"], rates["vmap"]
-    jacobian_rate = rates["jacobian"][0]
+    per_second = {name: rate for name, (rate, _) in rates.items()}
     exact_subset = mas.importance_sums(model, subset, task=TASK, batch_size=batch_size)
+    exact_for = {
+        name: exact_subset if name in case.on_subset else rates["exact"][1]
+        for name in ("loop", "vmap")
+    }
+    parts = pass_profile(computations["exact"])
     return {
-        "model": "MLP 784-256-256 + 10-way head",
-        "threads": torch.get_num_threads(),
+        "model": case.title,
         "samples": len(inputs),
-        "loop_samples": len(subset),
-        "batch_size": batch_size,
-        "samples_per_second": {
-            "loop": loop_rate,
-            "exact": exact_rate,
-            "batch": batch_rate,
-            "jacobian": jacobian_rate,
-            "vmap": vmap_rate,
-        },
+        "subset_methods": sorted(case.on_subset),
+        "samples_per_second": per_second,
         "ratios": {
-            "exact/loop": exact_rate / loop_rate,
-            "exact/batch": exact_rate / batch_rate,
-            "exact/vmap": exact_rate / vmap_rate,
-            "exact/jacobian": exact_rate / jacobian_rate,
+            f"exact/{name}": per_second["exact"] / per_second[name]
+            for name in ("loop", "batch", "vmap", "jacobian")
         },
         "max_relative_difference": {
-            "exact vs loop": _relative_difference(exact_subset, loop),
-            "exact vs vmap": _relative_difference(exact, by_vmap),
+            f"exact vs {name}": _relative_difference(exact_for[name], rates[name][1])
+            for name in ("loop", "vmap")
+        },
+        "exact_pass_seconds": parts,
+        "limiting_layer": limiting_layer(parts),
+    }
+
+
+def measure(loop_samples: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    suite = load_suite(SUITE)
+    return {
+        "threads": torch.get_num_threads(),
+        "loop_samples": min(loop_samples, len(suite.tasks[0].x_train)),
+        "batch_size": batch_size,
+        "models": {
+            case.key: measure_case(case, suite, loop_samples, batch_size, repeats) for case in CASES
         },
     }
 
 
-def format_report(report: dict[str, Any]) -> str:
+TARGETS = {
+    "mlp": {"exact/loop": " (target ≥ 20×)", "exact/batch": " (target ≥ 0.8×)"},
+    "cnn": {"exact/loop": " (target ≥ 5×)", "exact/batch": " (target ≥ 0.5×)"},
+}
+
+
+def _format_model(key: str, model: dict[str, Any], loop_samples: int, batch_size: int) -> list[str]:
+    subset = f"{loop_samples} samples"
     names = {
-        "loop": f"reference loop (1 backward/sample, {report['loop_samples']} samples)",
+        "loop": f"reference loop (1 backward/sample, {subset})",
         "exact": "importance_sums exact (per-sample)",
-        "batch": f"importance_sums batch (batch {report['batch_size']})",
+        "batch": f"importance_sums batch (batch {batch_size})",
         "jacobian": "importance_sums jacobian (per-output norm)",
         "vmap": "torch.func vmap(grad) exact",
     }
+    names = {
+        name: f"{label}, {subset}" if name in model["subset_methods"] and name != "loop" else label
+        for name, label in names.items()
+    }
     width = max(len(name) for name in names.values())
-    lines = [
-        f"{report['model']}, {report['samples']} MNIST-5k inputs, "
-        f"torch threads: {report['threads']}",
-        f"{'method'.ljust(width)}  samples/s",
+    lines = [f"{model['model']}, {model['samples']} MNIST-5k inputs"]
+    lines.append(f"  {'method'.ljust(width)}  samples/s")
+    lines += [
+        f"  {names[name].ljust(width)}  {rate:10.0f}"
+        for name, rate in model["samples_per_second"].items()
     ]
     lines += [
-        f"{names[key].ljust(width)}  {rate:10.0f}"
-        for key, rate in report["samples_per_second"].items()
-    ]
-    targets = {"exact/loop": " (target ≥ 20×)", "exact/batch": " (target ≥ 0.8×)"}
-    lines += [
-        f"{key}: {value:.2f}×{targets.get(key, '')}" for key, value in report["ratios"].items()
+        f"  {name}: {value:.2f}×{TARGETS[key].get(name, '')}"
+        for name, value in model["ratios"].items()
     ]
     lines += [
-        f"max relative difference, {key}: {value:.1e}"
-        for key, value in report["max_relative_difference"].items()
+        f"  max relative difference, {name}: {value:.1e}"
+        for name, value in model["max_relative_difference"].items()
     ]
+    parts = model["exact_pass_seconds"]
+    total = sum(parts.values())
+    lines.append(
+        "  one exact pass by part: "
+        + ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in parts.items())
+    )
+    lines.append(f"  limiting layer: {model['limiting_layer']}")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"torch threads: {report['threads']}"]
+    for key, model in report["models"].items():
+        lines += _format_model(key, model, report["loop_samples"], report["batch_size"])
     return "\n".join(lines)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mas_stream.bench.importance_speed")
-    parser.add_argument("--loop-samples", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--loop-samples", type=positive, default=300)
+    parser.add_argument("--batch-size", type=positive, default=200)
+    parser.add_argument("--repeats", type=positive, default=5)
+    parser.add_argument("--threads", type=positive, default=2, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
