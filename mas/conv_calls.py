@@ -100,7 +100,7 @@ def per_sample_weight_gradients(
     1.1 s a call. With more input channels the grouped convolution wins: 8→16 on 28×28 4 ms
     against 18.5, 16→32 on 14×14 4 against 13.5.
     """
-    if conv.groups == 1 and conv.weight[0].numel() <= SMALL_PATCH:
+    if conv.groups == 1 and conv.weight.shape[1:].numel() <= SMALL_PATCH:
         return _by_correlation(conv, a, delta)
     return _by_grouped_convolution(conv, a, delta)
 

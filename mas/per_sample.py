@@ -1,10 +1,10 @@
 """Exact per-sample gradient sums Σ_k reduce(∂ℓ_k/∂θ): MAS Ω with |·|, EWC's Fisher with (·)².
 
 One forward and one backward per batch. Linear layers called with one sample per row take the
-outer-product shortcut of `mas.linear_calls`, Conv2d layers the grouped-convolution per-sample
-gradients of `mas.conv_calls`; every other parameter (norms, custom modules, layers used in
-ways those cannot see) falls back to torch.func's vmap(grad). Profiler labels name each part, so
-a profile of the pass shows which layer limits it.
+outer-product shortcut of `mas.linear_calls`, Conv2d layers per-sample gradients from one
+convolution call each (`mas.conv_calls`); every other parameter (norms, custom modules, layers
+used in ways those cannot see) falls back to torch.func's vmap(grad). Profiler labels name each
+part, so a profile of the pass shows which layer limits it.
 """
 
 from __future__ import annotations
