@@ -126,7 +126,10 @@ def test_submit_prints_plain_progress_and_exits_3_when_the_gate_holds_the_versio
     assert submitted.returncode == NOT_SERVED, submitted.stderr
     assert "Traceback" not in submitted.stderr and "%|" not in submitted.stderr
     progress = submitted.stderr.splitlines()
-    assert f"epoch 1/{EPOCHS}, loss " in submitted.stderr
+    # How many epochs a poll sees depends on the machine's speed; each line that names one
+    # names it as k/N, and the last one always does.
+    epochs = [line for line in progress if "epoch" in line]
+    assert all(re.search(rf"epoch \d+/{EPOCHS}, loss \d", line) for line in epochs), progress
     assert progress[-1].startswith(f"succeeded: epoch {EPOCHS}/{EPOCHS}, loss "), progress
     held = submitted.stdout.splitlines()[-1]
     command = f"curl -X POST {url}/v1/models/2/activate"
