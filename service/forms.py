@@ -13,6 +13,11 @@ from starlette.exceptions import HTTPException
 from service.errors import ApiError
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters (boundary, charset), lower case."""
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
 @contextlib.asynccontextmanager
 async def parsed_form(
     request: Request, fields: frozenset[str], *, max_files: int, files_field: str

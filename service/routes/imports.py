@@ -28,7 +28,7 @@ from mas_stream.store.weights_import import (
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError
-from service.forms import parsed_form
+from service.forms import media_type, parsed_form
 from service.intake import fields_named
 from service.responses import errors
 
@@ -102,7 +102,7 @@ class _Upload:
 )
 async def import_model(request: Request, runtime: RuntimeDep) -> JSONResponse:
     """Everything is checked before the version is written: a refused import changes nothing."""
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    content_type = media_type(request)
     if content_type != "multipart/form-data":
         raise ApiError(
             415, "content-type", "send multipart/form-data (file 'weights', field 'tasks')"

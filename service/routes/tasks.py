@@ -16,7 +16,7 @@ from mas_stream.store.keys import Keys
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
-from service.forms import parsed_form
+from service.forms import media_type, parsed_form
 from service.intake import TaskUpload, TrainingOptions
 from service.responses import errors
 from service.schemas import TASK_NAME_PATTERN
@@ -73,7 +73,7 @@ _SUBMIT_BODY = {
     },
 )
 async def submit_task(request: Request, runtime: RuntimeDep) -> JSONResponse:
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    content_type = media_type(request)
     if content_type == "multipart/form-data":
         task, job_id = await _submit_form(request, runtime)
     elif content_type == "application/json":
