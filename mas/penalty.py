@@ -10,10 +10,9 @@ class QuadraticAnchor:
     """No ½ factor (docs/method.md). Parameters absent from `importance` (a new task's head) are
     free.
 
-    Training does not differentiate the penalty: `add_gradient` adds its exact gradient
-    2λΩ(θ − θ*) to the gradients backward left, with four foreach kernels and no autograd graph
-    (a training step then costs little more than fine-tuning's). Calling the anchor gives the
-    differentiable value, for whoever wants autograd through it.
+    Training does not differentiate the penalty: `bind(model).add_gradient()` adds its exact
+    gradient to the gradients backward left, without an autograd graph. Calling the anchor gives
+    the differentiable value, for whoever wants autograd through it.
     """
 
     def __init__(
@@ -56,21 +55,9 @@ class QuadraticAnchor:
         """At λ = 0, or with nothing anchored, the penalty is zero and training skips it."""
         return self.lam > 0 and bool(self.names)
 
-    @torch.no_grad()
-    def add_gradient(self, model: nn.Module) -> torch.Tensor:
-        """Adds 2λΩ(θ − θ*) to each anchored parameter's `.grad` and returns the penalty's value.
-        A parameter without a gradient (a head the step does not train) is left without one."""
-        parameters = dict(model.named_parameters())
-        weighted = self._weighted_differences([parameters[name] for name in self.names])
-        trained = [
-            (parameters[name].grad, w, sqrt_weight)
-            for name, w, sqrt_weight in zip(self.names, weighted, self._sqrt_weight, strict=True)
-            if parameters[name].grad is not None
-        ]
-        if trained:
-            grads, differences, weights = (list(column) for column in zip(*trained, strict=True))
-            torch._foreach_addcmul_(grads, differences, weights, value=2.0)
-        return torch.stack(torch._foreach_norm(weighted)).square().sum()
+    def bind(self, model: nn.Module) -> BoundAnchor:
+        """The anchor on `model`'s parameter tensors, for the steps of one training run."""
+        return BoundAnchor(self, model)
 
     def _weighted_differences(self, current: list[torch.Tensor]) -> list[torch.Tensor]:
         """√(λΩ) ⊙ (θ − θ*), whose squared norm summed is the penalty."""
@@ -93,3 +80,40 @@ class QuadraticAnchor:
         if not current:
             return torch.zeros(())
         return torch.stack(torch._foreach_norm(self._weighted_differences(current))).square().sum()
+
+
+class BoundAnchor:
+    """The penalty's gradient 2λΩ(θ − θ*) as 2λΩ⊙θ − 2λΩ⊙θ*, whose two constants are computed once
+    per run: a step adds it to the gradients with two foreach kernels (multiply-add, subtract) and
+    nothing else, so a training step costs little more than fine-tuning's. The value takes more
+    kernels and is asked for separately, as seldom as the caller needs it."""
+
+    def __init__(self, anchor: QuadraticAnchor, model: nn.Module) -> None:
+        self._anchor, self._model = anchor, model
+        parameters = dict(model.named_parameters())
+        self._parameters = [parameters[name] for name in anchor.names]
+        with torch.no_grad():
+            self._weight = torch._foreach_mul(anchor._sqrt_weight, anchor._sqrt_weight)
+            torch._foreach_mul_(self._weight, 2.0)
+            self._offset = torch._foreach_mul(self._weight, anchor._anchor)
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """A parameter without a gradient (a head this step does not train) is left without one."""
+        trained = [
+            (parameter.grad, parameter, weight, offset)
+            for parameter, weight, offset in zip(
+                self._parameters, self._weight, self._offset, strict=True
+            )
+            if parameter.grad is not None
+        ]
+        if trained:
+            grads, current, weights, offsets = (
+                list(column) for column in zip(*trained, strict=True)
+            )
+            torch._foreach_addcmul_(grads, current, weights)
+            torch._foreach_sub_(grads, offsets)
+
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        return self._anchor(self._model)

@@ -28,6 +28,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Progress:
+    """`loss`: this step's task loss plus the penalty's latest value (PENALTY_VALUE_EVERY)."""
+
     epoch: int
     step: int
     total_steps: int
@@ -63,6 +65,10 @@ class StepObserver(Protocol):
 
 
 TaskData = tuple[str, torch.Tensor, torch.Tensor]
+# The penalty's gradient is exact at every step; its value, which only the reported loss needs
+# and which costs as much again, is taken every this many steps (and at the last): λΩ(θ − θ*)²
+# moves little in a few steps, and a divergence shows in the task loss at once anyway.
+PENALTY_VALUE_EVERY = 16
 
 
 def _make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -117,7 +123,8 @@ def train_tasks(
     steps_per_epoch = sum(-(-x.shape[0] // config.batch_size) for _, x, _ in tasks)
     total_steps = steps_per_epoch * config.epochs
     step, loss_value = 0, float("nan")
-    penalty = anchor if anchor is not None and anchor.active else None
+    penalty = anchor.bind(model) if anchor is not None and anchor.active else None
+    penalty_value = torch.zeros(())
     was_training = model.training
     model.train()
     try:
@@ -131,7 +138,10 @@ def train_tasks(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if penalty is not None:
-                    loss = loss.detach() + penalty.add_gradient(model)
+                    penalty.add_gradient()
+                    if step % PENALTY_VALUE_EVERY == 0 or step + 1 == total_steps:
+                        penalty_value = penalty.value()
+                    loss = loss.detach() + penalty_value
                 for observer in observers:
                     observer.before_step(model)
                 optimizer.step()

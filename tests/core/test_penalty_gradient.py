@@ -31,7 +31,9 @@ def test_added_gradient_and_value_equal_autograd_through_the_penalty() -> None:
     expected = torch.autograd.grad(task_loss() + anchor(model), trained)
     loss = task_loss()
     loss.backward()
-    value = anchor.add_gradient(model)
+    bound = anchor.bind(model)
+    bound.add_gradient()
+    value = bound.value()
     for parameter, gradient in zip(trained, expected, strict=True):
         torch.testing.assert_close(parameter.grad, gradient, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(value, anchor(model).detach())
