@@ -6,6 +6,9 @@ trimming what it acknowledged) under one closed-loop `wrk` window of 784-float `
 rows; every few seconds it reads Redis's used_memory, the sample stream's length, lag and
 `MEMORY USAGE`, and the append-only file's size. Memory is flat when the growth after the first
 quarter of the run (warm-up) stays near zero while millions of bytes of rows pass through.
+Beside the load, a probe sends one single-row request every quarter second and notes whether an
+AOF rewrite was running: a rewrite that stalls serving shows as a p99 during rewrites far above
+the p99 outside them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +34,7 @@ from mas_stream.bench.report import command_main, finish, wrk_missing
 from mas_stream.bench.serving import _positive_seconds, check_and_warm_up, machine
 from mas_stream.bench.serving_requests import WIDTH, benchmark_inputs, http_requests
 from mas_stream.bench.serving_servers import running_service
-from mas_stream.bench.wrk import run_wrk
+from mas_stream.bench.wrk import HttpRequest, run_wrk
 from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import redis_client
 from mas_stream.store.samples import SampleStream
@@ -40,6 +44,7 @@ QUICK_SECONDS: Final = 10
 # The service's highest rate on the 2-core box: throughput is flat from 16 connections on.
 CONCURRENCY: Final = 16
 _MIB: Final = 2**20
+_PROBE_INTERVAL_S: Final = 0.25
 
 
 def _forwarded_rows(base_url: str) -> float:
@@ -62,6 +67,39 @@ def _sample(client: redis.Redis, stream: SampleStream, started: float) -> dict[s
     }
 
 
+def _probe(
+    base_url: str, client: redis.Redis, request: HttpRequest, stop: threading.Event
+) -> list[tuple[bool, float]]:
+    """(AOF rewrite running, latency in ms) of one single-row predict per probe interval."""
+    probes: list[tuple[bool, float]] = []
+    with httpx.Client(base_url=base_url, timeout=30.0) as http:
+        while not stop.wait(_PROBE_INTERVAL_S):
+            rewriting = bool(int(client.info("persistence").get("aof_rewrite_in_progress", 0)))
+            started = time.perf_counter()
+            answer = http.post(request.path, content=request.body, headers=request.headers)
+            answer.raise_for_status()
+            probes.append((rewriting, (time.perf_counter() - started) * 1000))
+    return probes
+
+
+def probe_summary(probes: list[tuple[bool, float]]) -> dict[str, Any]:
+    """Single-row latency during AOF rewrites beside outside them (None: no probe there)."""
+
+    def percentile(values: list[float], q: float) -> float | None:
+        return float(np.percentile(values, q)) if values else None
+
+    during = [ms for rewriting, ms in probes if rewriting]
+    outside = [ms for rewriting, ms in probes if not rewriting]
+    return {
+        "probes_during_rewrite": len(during),
+        "probes_outside_rewrite": len(outside),
+        "probe_p50_ms_during_rewrite": percentile(during, 50),
+        "probe_p99_ms_during_rewrite": percentile(during, 99),
+        "probe_p50_ms_outside_rewrite": percentile(outside, 50),
+        "probe_p99_ms_outside_rewrite": percentile(outside, 99),
+    }
+
+
 def measure(seconds: int, connections: int, interval: float) -> dict[str, Any]:
     request = http_requests(benchmark_inputs())["v1-json"]
     with tempfile.TemporaryDirectory(prefix="mas-redis-memory-bench-") as scratch:
@@ -73,13 +111,19 @@ def measure(seconds: int, connections: int, interval: float) -> dict[str, Any]:
             forwarded_before = _forwarded_rows(base_url)
             started = time.monotonic()
             samples = [_sample(client, stream, started)]
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            stop_probing = threading.Event()
+            probe_client = redis_client(f"unix://{data_dir / 'redis' / 'redis.sock'}")
+            with ThreadPoolExecutor(max_workers=2) as pool:
                 window = pool.submit(run_wrk, base_url, request, connections, seconds)
+                probing = pool.submit(_probe, base_url, probe_client, request, stop_probing)
                 while not window.done():
                     time.sleep(interval)
                     samples.append(_sample(client, stream, started))
                     print(_progress(samples[-1]), file=sys.stderr, flush=True)
                 result = window.result()
+                stop_probing.set()
+                probes = probing.result()
+            probe_client.close()
             forwarded = _forwarded_rows(base_url) - forwarded_before
             client.close()
     return {
@@ -87,6 +131,7 @@ def measure(seconds: int, connections: int, interval: float) -> dict[str, Any]:
         "forwarded_rows": forwarded,
         "samples": samples,
         "summary": summarize(samples, forwarded),
+        "latency_probe": probe_summary(probes),
     }
 
 
@@ -134,6 +179,10 @@ def format_report(report: dict[str, Any]) -> str:
         "-" * 44,
     ]
     lines += [f"{name:<32} {value:.2f}" for name, value in summary.items()]
+    lines += [
+        f"{name:<32} {'-' if value is None else f'{value:.2f}'}"
+        for name, value in report["latency_probe"].items()
+    ]
     return "\n".join(lines)
 
 

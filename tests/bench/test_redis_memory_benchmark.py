@@ -42,3 +42,8 @@ def test_a_short_run_reports_every_figure(tmp_path: Path) -> None:
     assert set(report["summary"]) == set(redis_memory.summarize(report["samples"], 1.0))
     for name in report["summary"]:
         assert name in completed.stdout
+    probe = report["latency_probe"]
+    assert set(probe) == set(redis_memory.probe_summary([]))
+    assert probe["probes_during_rewrite"] + probe["probes_outside_rewrite"] >= 4
+    for name in probe:
+        assert name in completed.stdout
