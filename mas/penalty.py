@@ -45,6 +45,23 @@ class QuadraticAnchor:
             name: w.square() * scale for name, w in zip(self.names, self._sqrt_weight, strict=True)
         }
 
+    def parts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """θ* and √(λΩ) by name: what `from_parts` rebuilds this anchor from bit for bit (Ω read
+        back through `importance` and rooted again may differ in the last bit)."""
+        return dict(zip(self.names, self._anchor, strict=True)), dict(
+            zip(self.names, self._sqrt_weight, strict=True)
+        )
+
+    @classmethod
+    def from_parts(
+        cls, anchor: dict[str, torch.Tensor], sqrt_weight: dict[str, torch.Tensor], lam: float
+    ) -> QuadraticAnchor:
+        restored = cls({}, {}, lam)
+        restored.names = list(sqrt_weight)
+        restored._anchor = [anchor[name] for name in restored.names]
+        restored._sqrt_weight = [sqrt_weight[name] for name in restored.names]
+        return restored
+
     def to(self, device: torch.device | str) -> QuadraticAnchor:
         self._anchor = [t.to(device) for t in self._anchor]
         self._sqrt_weight = [t.to(device) for t in self._sqrt_weight]

@@ -64,6 +64,19 @@ class StepObserver(Protocol):
     def after_step(self, model: nn.Module) -> None: ...
 
 
+class GradientReducer(Protocol):
+    """Sums tensors across the ranks of one data-parallel run, in place; every rank ends with the
+    same sums. The core needs no more of torch.distributed than this (worker/ implements it)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def all_reduce_sum(self, tensors: list[torch.Tensor]) -> None: ...
+
+
 TaskData = tuple[str, torch.Tensor, torch.Tensor]
 # The penalty's gradient is exact at every step; its value, which only the reported loss needs
 # and which costs as much again, is taken every this many steps (and at the last): λΩ(θ − θ*)²
@@ -104,6 +117,42 @@ def _unique(parameters: list[nn.Parameter]) -> list[nn.Parameter]:
     return list({id(p): p for p in parameters}.values())
 
 
+def _task_backward(
+    model: MultiHeadNet,
+    task: TaskData,
+    rows: torch.Tensor,
+    device: torch.device,
+    reducer: GradientReducer | None,
+) -> torch.Tensor:
+    """The batch's mean cross-entropy, its gradients left in `.grad`.
+
+    With a reducer, this rank takes its shard `rows[rank::world_size]` and sums its losses over
+    the whole batch's size, so the all-reduced gradients and loss are the single-process ones up
+    to summation order. A rank whose shard is empty (a last batch smaller than the world) still
+    takes part, with zero gradients; so does a trained parameter this forward did not use.
+    """
+    name, x, y = task
+    if reducer is None:
+        loss = nn.functional.cross_entropy(model(x[rows].to(device), name), y[rows].to(device))
+        loss.backward()
+        return loss
+    shard = rows[reducer.rank :: reducer.world_size]
+    loss = torch.zeros((), device=device)
+    if len(shard):
+        logits = model(x[shard].to(device), name)
+        loss = nn.functional.cross_entropy(logits, y[shard].to(device), reduction="sum")
+        loss = loss / len(rows)
+        loss.backward()
+    gradients = []
+    for parameter in _unique(model.trainable_parameters(name)):
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        gradients.append(parameter.grad)
+    total = loss.detach().reshape(1)
+    reducer.all_reduce_sum([*gradients, total])
+    return total[0]
+
+
 def train_tasks(
     model: MultiHeadNet,
     tasks: Sequence[TaskData],
@@ -113,8 +162,13 @@ def train_tasks(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     observers: Sequence[StepObserver] = (),
+    reducer: GradientReducer | None = None,
 ) -> TrainResult:
-    """Cross-entropy on each task's own head, plus the anchor's penalty when one is given."""
+    """Cross-entropy on each task's own head, plus the anchor's penalty when one is given.
+
+    With a `reducer`, this is one rank of a data-parallel run: every rank draws the same batches
+    and all-reduces the task's gradients before the penalty's (the same on every rank) is added,
+    so every rank takes the single-process step."""
     started = time.perf_counter()
     device = next(model.parameters()).device
     parameters = _unique([p for name, _, _ in tasks for p in model.trainable_parameters(name)])
@@ -132,11 +186,8 @@ def train_tasks(
             for index, rows in _epoch_batches(tasks, config.batch_size, generator):
                 if should_stop is not None and should_stop():
                     raise TrainingStopped(f"stopped at step {step} of {total_steps}")
-                name, x, y = tasks[index]
-                logits = model(x[rows].to(device), name)
-                loss = nn.functional.cross_entropy(logits, y[rows].to(device))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = _task_backward(model, tasks[index], rows, device, reducer)
                 if penalty is not None:
                     penalty.add_gradient()
                     if step % PENALTY_VALUE_EVERY == 0 or step + 1 == total_steps:
@@ -172,6 +223,7 @@ def train_task(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     observers: Sequence[StepObserver] = (),
+    reducer: GradientReducer | None = None,
 ) -> TrainResult:
     return train_tasks(
         model,
@@ -181,6 +233,7 @@ def train_task(
         on_progress=on_progress,
         should_stop=should_stop,
         observers=observers,
+        reducer=reducer,
     )
 
 

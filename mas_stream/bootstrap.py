@@ -26,9 +26,13 @@ from prometheus_client import (
 
 from mas_stream.settings import Settings
 from mas_stream.startup import cannot_listen, load_settings, variable_of
+from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import MetricsTargets, PartFaults, part_name
-from mas_stream.store.redis_server import EmbeddedRedis, redis_client
+from mas_stream.store.redis_server import EmbeddedRedis, RedisClient, redis_client
+
+# Where API replicas write their metrics (Prometheus's multiprocess mode): set by the supervisor.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextmanager
@@ -85,9 +89,12 @@ def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
         probe.close()
 
 
-def connect(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
+def connect(settings: Settings) -> tuple[RedisClient, EmbeddedRedis | None]:
+    """A worker's client, on the hash-tagged key layout (an older one is moved first)."""
     url, server = redis_url(settings)
-    return redis_client(url), server
+    client = redis_client(url)
+    migrate_key_layout(client, Keys(settings.key_prefix))
+    return client, server
 
 
 def metrics_registry() -> CollectorRegistry:
@@ -106,7 +113,7 @@ class Worker(Protocol):
 
 
 def run_worker(
-    build: Callable[[Settings, redis.Redis, Keys, torch.device], Worker],
+    build: Callable[[Settings, RedisClient, Keys, torch.device], Worker],
     role: str,
     metrics: CollectorRegistry,
 ) -> int:

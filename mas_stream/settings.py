@@ -20,9 +20,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL", "MAS_REDIS_URL"),
-        description="External Redis (redis://, rediss://, unix://). Unset: embedded Redis.",
+        description=(
+            "External Redis (redis://, rediss://, unix://; a cluster: redis+cluster://, "
+            "rediss+cluster://). Unset: embedded Redis."
+        ),
     )
-    key_prefix: str = Field("mas", description="Prefix of every Redis key this service owns.")
+    key_prefix: str = Field(
+        "mas",
+        pattern=r"^[^{}]+$",
+        description="Prefix of every Redis key this service owns, as their hash tag: {prefix}.",
+    )
 
     # HTTP API.
     host: str = Field("127.0.0.1", description="API bind address.")
@@ -47,6 +54,9 @@ class Settings(BaseSettings):
         description="Array bytes of all uploads in flight in one API process; more wait (503).",
     )
     torch_threads: int = Field(1, ge=1, description="Torch threads of the API's forward pass.")
+    api_replicas: int = Field(
+        1, ge=1, description="API processes `mas-stream serve` runs behind its one port."
+    )
     model_poll_seconds: float = Field(5.0, description="Periodic check of the current version.")
     model_name: str = Field("mas", description="Model name in the Open Inference Protocol (/v2).")
 
@@ -67,6 +77,9 @@ class Settings(BaseSettings):
     importance_method: Method = Field(
         "exact",
         description="Ω estimator: per-sample (paper), batch formula, l-MAS, or per-output norm.",
+    )
+    serve_importance_workers: int = Field(
+        1, ge=0, description="Importance workers `mas-stream serve` starts; 0: they run elsewhere."
     )
     importance_batch: int = Field(256, description="Samples per importance pass.")
     checkpoint_every: int = Field(1, description="Stream reads between Ω checkpoints.")
@@ -95,6 +108,9 @@ class Settings(BaseSettings):
     )
     epochs: int = Field(10, ge=1, description="Epochs per task unless the upload says otherwise.")
     batch_size: int = Field(64, ge=1, description="Training mini-batch size.")
+    train_procs: int = Field(
+        1, ge=1, description="Processes one job trains on (a torchrun DDP job); 1: in the trainer."
+    )
     learning_rate: float = Field(0.01, gt=0.0, description="SGD learning rate.")
     momentum: float = Field(0.9, ge=0.0, description="SGD momentum.")
     holdout_fraction: float = Field(

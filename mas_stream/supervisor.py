@@ -2,6 +2,8 @@
 
 Each part runs as its own child process, as it would in docker-compose; a child that exits is
 started again with exponential backoff, and SIGTERM or Ctrl-C stops them all, then Redis.
+With `MAS_API_REPLICAS` > 1 the supervisor binds the API's port once and passes the socket to
+every API replica, whose metrics meet in Prometheus's multiprocess mode.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from mas_stream.bootstrap import is_loopback
+from prometheus_client.multiprocess import mark_process_dead
+
+from mas_stream.bootstrap import MULTIPROC_ENV, is_loopback
 from mas_stream.client import is_live
+from mas_stream.settings import Settings
 from mas_stream.startup import CANNOT_START, listen_socket, load_settings
 from mas_stream.store.redis_server import EmbeddedRedis
 
@@ -30,6 +37,8 @@ _BACKOFF_MAX_S: Final = 30.0
 _HEALTHY_AFTER_S: Final = 30.0
 _STOP_TIMEOUT_S: Final = 15.0
 _ANSWER_POLL_S: Final = 0.5
+# As uvicorn listens: connections wait here while a replica starts or restarts.
+_BACKLOG: Final = 2048
 
 
 @dataclass
@@ -44,9 +53,14 @@ class Child:
     # Without it the service is no service: when it cannot start, everything stops.
     vital: bool = False
     given_up: bool = False
+    # What this child alone gets: the shared listening socket, its metrics directory.
+    pass_fds: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.command, env=env)
+        self.process = subprocess.Popen(
+            self.command, env={**env, **self.env}, pass_fds=self.pass_fds
+        )
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -54,12 +68,44 @@ class Child:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
 
+    def forget_metrics(self) -> None:
+        """An exited replica's live gauges leave the summed metrics; its counters stay in."""
+        directory = self.env.get(MULTIPROC_ENV)
+        if directory is not None and self.process is not None:
+            mark_process_dead(self.process.pid, directory)
 
-def children() -> list[Child]:
-    python = [sys.executable, "-m", "mas_stream"]
+
+def api_children(
+    python: list[str], replicas: int, listener: socket.socket | None, data_dir: Path
+) -> list[Child]:
+    """One API that binds its own port, or `replicas` on the listener the supervisor holds."""
+    if listener is None:
+        return [Child("api", [*python, "api"], vital=True)]
+    fd = listener.fileno()
+    env = {MULTIPROC_ENV: str(fresh_metrics_dir(data_dir))}
     return [
-        Child("api", [*python, "api"], vital=True),
-        Child("importance", [*python, "worker", "importance", "--worker-id", "importance-0"]),
+        Child(f"api-{i}", [*python, "api", "--fd", str(fd)], vital=True, pass_fds=(fd,), env=env)
+        for i in range(replicas)
+    ]
+
+
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """Emptied at every start: files an earlier run's replicas left would add to the counters."""
+    directory = data_dir / "metrics-multiproc"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def children(settings: Settings, listener: socket.socket | None) -> list[Child]:
+    python = [sys.executable, "-m", "mas_stream"]
+    importance = [*python, "worker", "importance", "--worker-id"]
+    return [
+        *api_children(python, settings.api_replicas, listener, settings.data_dir.resolve()),
+        *(
+            Child(f"importance-{i}", [*importance, f"importance-{i}"])
+            for i in range(settings.serve_importance_workers)
+        ),
         Child("trainer", [*python, "worker", "trainer"]),
     ]
 
@@ -90,6 +136,7 @@ def supervise(
                 if now - child.started_at > _HEALTHY_AFTER_S:
                     child.backoff = _BACKOFF_START_S
                 continue
+            child.forget_metrics()
             if code == CANNOT_START:
                 child.given_up, child.process = True, None
                 if child.vital:
@@ -156,13 +203,32 @@ def run(args: argparse.Namespace) -> int:
             env[variable] = str(getattr(args, flag))
     os.environ.update(env)
     settings = load_settings()
-    # Before Redis or any child starts: a port in use is one line, not an API restarted for ever.
-    listen_socket(settings.host, settings.port, "MAS_PORT", " (or pass --port)").close()
     if not settings.admin_token:
         if not is_loopback(settings.host):
             log.error("refusing to serve on %s without MAS_ADMIN_TOKEN", settings.host)
             return 2
         log.warning("no MAS_ADMIN_TOKEN: mutating endpoints are open (loopback only)")
+    # Before Redis or any child starts: a port in use is one line, not an API restarted for ever.
+    listener = api_listener(settings.host, settings.port, settings.api_replicas)
+    try:
+        return serve_with(settings, env, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def api_listener(host: str, port: int, replicas: int) -> socket.socket | None:
+    """The socket replicas share, listening; None for one API, which binds the port itself as
+    `mas-stream api` alone does (checked free here all the same)."""
+    listener = listen_socket(host, port, "MAS_PORT", " (or pass --port)")
+    if replicas == 1:
+        listener.close()
+        return None
+    listener.listen(_BACKLOG)
+    return listener
+
+
+def serve_with(settings: Settings, env: dict[str, str], listener: socket.socket | None) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env["MAS_DATA_DIR"] = str(settings.data_dir.resolve())
     server = None
@@ -173,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    parts = children()
+    parts = children(settings, listener)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     threading.Thread(
         target=announce_when_answering,

@@ -7,6 +7,7 @@ threads (model watcher, sample forwarder) keep a patient one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -20,9 +21,10 @@ from mas_stream.bootstrap import resolve_device
 from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
+from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
-from mas_stream.store.redis_server import redis_client
+from mas_stream.store.redis_server import RedisClient, redis_client
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
 from service.forwarder import SampleForwarder
@@ -31,6 +33,8 @@ from service.intake import TaskIntake
 from service.omega_summary import OmegaSummary
 from service.served_model import ServedModel
 
+log = logging.getLogger(__name__)
+
 REDIS_TIMEOUT_SECONDS = 2.0
 QUICK_REDIS_TIMEOUT_SECONDS = 0.6
 
@@ -38,8 +42,8 @@ QUICK_REDIS_TIMEOUT_SECONDS = 0.6
 @dataclass
 class Runtime:
     settings: Settings
-    quick_redis: redis.Redis  # declared before `redis`, which shadows the module in this body
-    redis: redis.Redis
+    quick_redis: RedisClient
+    redis: RedisClient
     registry: ModelRegistry
     jobs: JobQueue
     datasets: DatasetStore
@@ -65,7 +69,7 @@ class Runtime:
         self.quick_redis.close()
 
 
-def fail_fast_redis(url: str) -> redis.Redis:
+def fail_fast_redis(url: str) -> RedisClient:
     """One quick retry (a pooled connection may be stale after a Redis restart), not redis-py's
     default ten, so a submission or an upload fails promptly while Redis is away."""
     client = redis_client(url, timeout=REDIS_TIMEOUT_SECONDS)
@@ -73,7 +77,7 @@ def fail_fast_redis(url: str) -> redis.Redis:
     return client
 
 
-def quick_redis(url: str) -> redis.Redis:
+def quick_redis(url: str) -> RedisClient:
     """One short wait and no retry after a timeout: a hung Redis (stopped, partitioned) costs a
     probe or an admin read well under a second, not a restart by a probe that timed out. A
     refused or reset connection is still retried once, at once (stale after a Redis restart)."""
@@ -87,6 +91,7 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         raise ValueError("settings.redis_url must be set (service.main starts an embedded Redis)")
     keys = Keys(settings.key_prefix)
     client = fail_fast_redis(settings.redis_url)
+    _migrate_key_layout(client, keys)
     quick = quick_redis(settings.redis_url)
     registry = ModelRegistry(client, keys, settings.models_dir)
     quick_registry = ModelRegistry(quick, keys, settings.models_dir)
@@ -121,6 +126,15 @@ def build_runtime(settings: Settings, on_forward: Callable[[int], None]) -> Runt
         intake=TaskIntake(settings, served, datasets, JobQueue(client, keys), registry),
         importance=OmegaSummary(quick_registry, omega, served),
     )
+
+
+def _migrate_key_layout(client: RedisClient, keys: Keys) -> None:
+    """An API starts while Redis is away, as before the migration existed; the workers, which
+    cannot start without Redis, move the keys then."""
+    try:
+        migrate_key_layout(client, keys)
+    except redis.RedisError as error:
+        log.warning("Redis key layout not checked (%s); the workers check it at start", error)
 
 
 def get_runtime(request: Request) -> Runtime:

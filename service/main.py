@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 from types import FrameType
 
 import torch
@@ -13,7 +14,7 @@ import uvicorn
 
 from mas_stream.bootstrap import is_loopback, redis_url
 from mas_stream.settings import Settings
-from mas_stream.startup import listen_socket, load_settings
+from mas_stream.startup import CannotStart, listen_socket, load_settings
 from service.app import create_app
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,13 @@ _STARTUP_FAILED = 3
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="Listen address (default: MAS_HOST).")
     parser.add_argument("--port", type=int, default=None, help="Listen port (default: MAS_PORT).")
+    parser.add_argument(
+        "--fd",
+        type=int,
+        default=None,
+        help="Serve on this inherited listening socket instead of binding one (mas-stream serve "
+        "passes its API replicas the one socket they share).",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     )
     # Bound before anything starts: a port in use is one line and no restart, not a traceback
     # after Redis and the model were loaded (uvicorn exits with the code of any failed start).
-    listener = listen_socket(settings.host, settings.port, "MAS_PORT", " (or pass --port)")
+    listener = (
+        listen_socket(settings.host, settings.port, "MAS_PORT", " (or pass --port)")
+        if args.fd is None
+        else inherited_socket(args.fd)
+    )
     embedded = None
     started = False
     signal.signal(signal.SIGTERM, _exit_through_finally)
@@ -60,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0 if started else _STARTUP_FAILED
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a parent bound and passed down: every replica accepts on it, and the
+    kernel hands each connection to one of them."""
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as error:
+        raise CannotStart(f"cannot serve on inherited socket --fd {fd}: {error.strerror}") from None
 
 
 def _exit_through_finally(_signum: int, _frame: FrameType | None) -> None:

@@ -21,6 +21,18 @@ from mas_stream.records.job import JobStatus
 from mas_stream.store.jobs import JobQueue
 from service.forwarder import SampleForwarder
 from service.omega_summary import OmegaSummary
+from service.replica_metrics import (
+    BUFFERED,
+    DROPPED,
+    FORWARDED,
+    SAMPLED_OUT,
+    SWAPS,
+    VERSION,
+    ReplicaMirror,
+    ReplicaValues,
+    multiprocess_dir,
+    summed_registry,
+)
 from service.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class ServiceMetrics:
+    """With PROMETHEUS_MULTIPROC_DIR set (API replicas), /metrics sums every replica's files."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -62,19 +76,31 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._runtime: RuntimeCollector | None = None
+        self._scraped = self.registry
+        self._mirror = ReplicaMirror(self.registry) if multiprocess_dir() else None
 
     def attach(self, collector: RuntimeCollector) -> None:
         self.detach()
-        self.registry.register(collector)
+        if self._mirror is None:
+            self.registry.register(collector)
+        else:
+            self._scraped = summed_registry(collector)
+            self._mirror.start(collector.replica_values)
         self._runtime = collector
 
     def detach(self) -> None:
-        if self._runtime is not None:
+        if self._runtime is None:
+            return
+        if self._mirror is None:
             self.registry.unregister(self._runtime)
-            self._runtime = None
+        else:
+            self._mirror.stop()
+        self._runtime = None
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._mirror is not None and self._runtime is not None:
+            self._mirror.sync()
+        return generate_latest(self._scraped)
 
 
 class RuntimeCollector(Collector):
@@ -93,7 +119,7 @@ class RuntimeCollector(Collector):
         self._importance = importance
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._sample_metrics()
+        yield from self._replica_metrics()
         yield from self._model_metrics()
         try:
             redis_series, redis_up = [*self._job_metrics(), *self._importance_metrics()], 1
@@ -105,39 +131,31 @@ class RuntimeCollector(Collector):
         )
         yield from redis_series
 
-    def _sample_metrics(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(
-            "mas_samples_forwarded",
-            "Input rows written to the sample stream.",
-            value=self._forwarder.forwarded,
+    def replica_values(self) -> ReplicaValues:
+        loaded = self._served.current
+        return ReplicaValues(
+            forwarded=self._forwarder.forwarded,
+            sampled_out=self._forwarder.sampled_out,
+            dropped=self._forwarder.dropped(),
+            buffered=self._forwarder.buffered,
+            version=loaded.version if loaded else 0,
+            swaps=self._served.swaps,
         )
-        yield CounterMetricFamily(
-            "mas_samples_sampled_out",
-            "Served input rows left out by MAS_SAMPLE_RATE, by design (not a loss).",
-            value=self._forwarder.sampled_out,
-        )
-        dropped = CounterMetricFamily(
-            "mas_samples_dropped", "Sampled input rows not forwarded, by reason.", labels=["reason"]
-        )
-        for reason, count in self._forwarder.dropped().items():
+
+    def _replica_metrics(self) -> Iterable[Metric]:
+        values = self.replica_values()
+        yield CounterMetricFamily(*FORWARDED, value=values.forwarded)
+        yield CounterMetricFamily(*SAMPLED_OUT, value=values.sampled_out)
+        dropped = CounterMetricFamily(*DROPPED, labels=["reason"])
+        for reason, count in values.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
-        yield GaugeMetricFamily(
-            "mas_samples_buffered_rows",
-            "Sampled rows waiting in memory for the stream.",
-            value=self._forwarder.buffered,
-        )
+        yield GaugeMetricFamily(*BUFFERED, value=values.buffered)
+        yield GaugeMetricFamily(*VERSION, value=values.version)
+        yield CounterMetricFamily(*SWAPS, value=values.swaps)
 
     def _model_metrics(self) -> Iterable[Metric]:
         loaded = self._served.current
-        yield GaugeMetricFamily(
-            "mas_model_version",
-            "Model version being served (0 before the first one).",
-            value=loaded.version if loaded else 0,
-        )
-        yield CounterMetricFamily(
-            "mas_model_swaps", "Times the served version changed.", value=self._served.swaps
-        )
         accuracy = GaugeMetricFamily(
             "mas_model_task_accuracy_ratio",
             "Held-out accuracy (0-1) of the served version per task, from its manifest; the "

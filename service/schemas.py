@@ -33,6 +33,7 @@ LABELS_SCHEMA: dict[str, Any] = {
 
 class Liveness(BaseModel):
     status: str = Field(description='Always "ok" while the process answers.')
+    pid: int = Field(description="Process id of the API replica that answered.")
 
 
 class ScrapeTargets(BaseModel):
@@ -58,6 +59,7 @@ class Readiness(BaseModel):
     )
     samples_buffered: int = Field(description="Sampled inputs waiting to be forwarded.")
     samples_dropped: dict[str, int] = Field(description="Sampled inputs dropped, by reason.")
+    pid: int = Field(description="Process id of the API replica that answered.")
 
 
 class DeletedVersion(BaseModel):

@@ -12,11 +12,11 @@ import logging
 import threading
 import time
 
-import redis
 import torch
 
 from mas_stream.store.keys import Keys
 from mas_stream.store.reconnect import FIRST_RETRY_SECONDS, Reconnect
+from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import LoadedVersion, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ServedModel:
     def __init__(
         self,
         registry: ModelRegistry,
-        client: redis.Redis,
+        client: RedisClient,
         keys: Keys,
         *,
         poll_seconds: float,

@@ -39,6 +39,7 @@ from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
 from mas_stream.store.weights_import import UNLABELED_INPUTS
+from worker.distributed_training import TaskTrainer
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,15 @@ class CandidateBuilder:
         datasets: DatasetStore,
         omega: OmegaStore,
         device: torch.device,
+        train: TaskTrainer = train_task,
     ) -> None:
+        """`train` learns the new task, in this process or on several of them."""
         self.settings = settings
         self.registry = registry
         self.datasets = datasets
         self.omega = omega
         self.device = device
+        self.train = train
 
     def build(
         self,
@@ -114,7 +118,7 @@ class CandidateBuilder:
             fallback = data.x_train if unlabeled is None else unlabeled
             boundary, omega = self.boundary(parent, model, stored, lam, fallback)
         model.add_task(task, data.meta.num_classes)
-        train_task(
+        self.train(
             model,
             task,
             data.x_train,

@@ -34,6 +34,7 @@ from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import OmegaSummarizer
+from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.samples import SampleStream
 from mas_stream.store.worker_ids import LEASE_SECONDS as ID_LEASE_SECONDS
@@ -65,7 +66,7 @@ class ImportanceWorker:
     def __init__(
         self,
         settings: Settings,
-        redis_client: redis.Redis,
+        redis_client: RedisClient,
         keys: Keys,
         registry: ModelRegistry,
         *,
@@ -317,7 +318,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     def build(
-        settings: Settings, client: redis.Redis, keys: Keys, device: torch.device
+        settings: Settings, client: RedisClient, keys: Keys, device: torch.device
     ) -> ImportanceWorker:
         torch.set_num_threads(settings.importance_threads)
         claim = claim_worker_id(client, keys, args.worker_id, socket.gethostname())

@@ -28,9 +28,11 @@ from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
+from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.retention import Retention
 from worker.candidate import Candidate, CandidateBuilder
+from worker.distributed_training import task_trainer
 from worker.job_lease import JobLease, LeaseLost, TrainingReports
 from worker.recovery import published_result
 
@@ -75,7 +77,7 @@ class Trainer:
     def __init__(
         self,
         settings: Settings,
-        redis_client: redis.Redis,
+        redis_client: RedisClient,
         keys: Keys,
         *,
         consumer: str,
@@ -88,7 +90,9 @@ class Trainer:
         self.registry = ModelRegistry(redis_client, keys, settings.models_dir)
         self.datasets = DatasetStore(redis_client, keys, settings.datasets_dir)
         omega = OmegaStore(redis_client, keys)
-        self.candidates = CandidateBuilder(settings, self.registry, self.datasets, omega, device)
+        self.candidates = CandidateBuilder(
+            settings, self.registry, self.datasets, omega, device, task_trainer(settings)
+        )
         self.retention = Retention(
             self.registry,
             omega,
@@ -246,7 +250,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    def build(settings: Settings, client: redis.Redis, keys: Keys, device: torch.device) -> Trainer:
+    def build(settings: Settings, client: RedisClient, keys: Keys, device: torch.device) -> Trainer:
         consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         trainer = Trainer(settings, client, keys, consumer=consumer, device=device)
         trainer.registry.remove_abandoned_staging()

@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import httpx
 import numpy as np
-import redis
 
 from mas_stream.bench.report import command_main, finish, wrk_missing
 from mas_stream.bench.serving import _positive_seconds, check_and_warm_up, machine
@@ -36,7 +35,7 @@ from mas_stream.bench.serving_requests import WIDTH, benchmark_inputs, http_requ
 from mas_stream.bench.serving_servers import running_service
 from mas_stream.bench.wrk import HttpRequest, run_wrk
 from mas_stream.store.keys import Keys
-from mas_stream.store.redis_server import redis_client
+from mas_stream.store.redis_server import RedisClient, redis_client
 from mas_stream.store.samples import SampleStream
 
 FULL_SECONDS: Final = 60
@@ -53,7 +52,7 @@ def _forwarded_rows(base_url: str) -> float:
     return float(line.split()[-1])
 
 
-def _sample(client: redis.Redis, stream: SampleStream, started: float) -> dict[str, Any]:
+def _sample(client: RedisClient, stream: SampleStream, started: float) -> dict[str, Any]:
     stats, memory = stream.stats(), stream.memory()
     persistence = client.info("persistence")
     return {
@@ -68,7 +67,7 @@ def _sample(client: redis.Redis, stream: SampleStream, started: float) -> dict[s
 
 
 def _probe(
-    base_url: str, client: redis.Redis, request: HttpRequest, stop: threading.Event
+    base_url: str, client: RedisClient, request: HttpRequest, stop: threading.Event
 ) -> list[tuple[bool, float]]:
     """(AOF rewrite running, latency in ms) of one single-row predict per probe interval."""
     probes: list[tuple[bool, float]] = []

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import redis
 
 import mas
 from mas_stream.bench.redis_memory import _forwarded_rows
@@ -52,7 +51,7 @@ from mas_stream.records.sample import Sample
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
-from mas_stream.store.redis_server import redis_client
+from mas_stream.store.redis_server import RedisClient, redis_client
 from mas_stream.store.samples import SampleStream
 
 MODELS: Final[dict[str, dict[str, Any]]] = {
@@ -78,7 +77,7 @@ def _model(name: str) -> mas.MultiHeadNet:
     return mas.build_model(MODELS[name], {TASK: CLASSES}, seed=0)
 
 
-def _omega_total(client: redis.Redis) -> int:
+def _omega_total(client: RedisClient) -> int:
     return OmegaStore(client, Keys()).counts(SERVED_VERSION).total
 
 
@@ -103,7 +102,7 @@ def _extra_workers(count: int, data_dir: Path) -> Iterator[None]:
         yield
 
 
-def _append(client: redis.Redis, input_shape: list[int], rows: int) -> None:
+def _append(client: RedisClient, input_shape: list[int], rows: int) -> None:
     """The benchmark's row, shaped as the API forwards it (validated to the model's shape)."""
     stream = SampleStream(client, Keys(), _STREAM_MAXLEN)
     values = benchmark_inputs().reshape(1, *input_shape)
@@ -112,7 +111,7 @@ def _append(client: redis.Redis, input_shape: list[int], rows: int) -> None:
         stream.append_many([Sample(SERVED_VERSION, TASK, values) for _ in range(count)])
 
 
-def _drain(client: redis.Redis, data_dir: Path, model: str, workers: int, rows: int) -> float:
+def _drain(client: RedisClient, data_dir: Path, model: str, workers: int, rows: int) -> float:
     """Seconds from the first entry appended to the last of them counted in checkpointed Ω, with
     the service's own worker and `workers - 1` more."""
     before = _omega_total(client)
@@ -126,7 +125,7 @@ def _drain(client: redis.Redis, data_dir: Path, model: str, workers: int, rows: 
         return time.monotonic() - started
 
 
-def _sample(base_url: str, client: redis.Redis, started: float) -> dict[str, Any]:
+def _sample(base_url: str, client: RedisClient, started: float) -> dict[str, Any]:
     stats = SampleStream(client, Keys(), _STREAM_MAXLEN).stats()
     return {
         "t_s": round(time.monotonic() - started, 2),
@@ -136,7 +135,7 @@ def _sample(base_url: str, client: redis.Redis, started: float) -> dict[str, Any
     }
 
 
-def _serve_at_max_rate(base_url: str, client: redis.Redis, seconds: int) -> dict[str, Any]:
+def _serve_at_max_rate(base_url: str, client: RedisClient, seconds: int) -> dict[str, Any]:
     """One wrk window, the worker's lag every second, then its catch-up."""
     request = http_requests(benchmark_inputs())["v1-json"]
     started = time.monotonic()

@@ -11,7 +11,7 @@ import math
 import time
 from typing import Final
 
-import redis
+from mas_stream.store.redis_server import RedisClient
 
 # KEYS: the stream. ARGV: group, the consumer to spare, minimum idle ms. Returns: how many pruned.
 # Deletes the group's other consumers that have no pending entries and have been idle that long.
@@ -37,7 +37,7 @@ class ConsumerPruner:
     at most once per `min_idle_ms`. A live consumer deleted while it waits loses nothing: it holds
     no entries, and its next read creates it again."""
 
-    def __init__(self, redis_client: redis.Redis, stream: str, group: str) -> None:
+    def __init__(self, redis_client: RedisClient, stream: str, group: str) -> None:
         self._stream = stream
         self._group = group
         self._script = redis_client.register_script(_PRUNE_SCRIPT)

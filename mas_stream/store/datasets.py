@@ -30,6 +30,7 @@ from mas_stream.store.codec import as_text
 from mas_stream.store.csv_upload import Admit, read_csv
 from mas_stream.store.files import atomic_write_with
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient, RedisPipeline
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class DatasetStore:
     """Arrays on disk under datasets_dir/<name>/; metadata in Redis, written last, so a dataset
     whose metadata is visible has both of its files."""
 
-    def __init__(self, redis_client: redis.Redis, keys: Keys, datasets_dir: Path) -> None:
+    def __init__(self, redis_client: RedisClient, keys: Keys, datasets_dir: Path) -> None:
         self._redis = redis_client
         self._keys = keys
         self._datasets_dir = Path(datasets_dir)
@@ -243,7 +244,7 @@ class DatasetStore:
         x_holdout: np.ndarray | torch.Tensor,
         y_holdout: np.ndarray | torch.Tensor,
         origin: TaskOrigin,
-        alongside: Callable[[redis.client.Pipeline], None] | None = None,
+        alongside: Callable[[RedisPipeline], None] | None = None,
     ) -> TaskMeta:
         """Returns the stored metadata. A declared num_classes in `origin` wins over the inferred
         one (a task may declare classes its data lacks); shapes and counts come from the data.

@@ -28,6 +28,7 @@ from mas_stream.store import job_scripts as scripts
 from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient, RedisPipeline
 
 if TYPE_CHECKING:
     from mas.training import Progress
@@ -63,7 +64,7 @@ def _decode(raw: dict[bytes | str, bytes | str]) -> Job:
 
 
 class JobQueue:
-    def __init__(self, redis_client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, redis_client: RedisClient, keys: Keys) -> None:
         self._redis = redis_client
         self._keys = keys
         self._start_script = redis_client.register_script(scripts.START_SCRIPT)
@@ -83,7 +84,7 @@ class JobQueue:
         pipe.execute()
         return job_id
 
-    def queue(self, pipe: redis.client.Pipeline, job_id: str, task: str, params: JobParams) -> None:
+    def queue(self, pipe: RedisPipeline, job_id: str, task: str, params: JobParams) -> None:
         """Adds the job's record, index entry and delivery to a caller's transaction, so what the
         job needs (its dataset's metadata) becomes visible in the same step as the job."""
         now = time.time()

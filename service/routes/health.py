@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import redis
@@ -22,7 +23,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Liveness)
 def live() -> Liveness:
-    return Liveness(status="ok")
+    return Liveness(status="ok", pid=os.getpid())
 
 
 @router.get(
@@ -48,6 +49,7 @@ def ready(runtime: RuntimeDep) -> JSONResponse:
         "parts_stopped": faults,
         "samples_buffered": runtime.forwarder.buffered,
         "samples_dropped": runtime.forwarder.dropped(),
+        "pid": os.getpid(),
     }
     stopped = "; ".join(f"{part} cannot start: {reason}" for part, reason in faults.items())
     if loaded is None:

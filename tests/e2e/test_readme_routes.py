@@ -85,7 +85,12 @@ def test_documented_metrics_are_exported() -> None:
     """Each `mas_...` name of the Metrics section is declared in the code that exports it."""
     sources = "".join(
         (ROOT / name).read_text(encoding="utf-8")
-        for name in ("service/metrics.py", "worker/importance_metrics.py", "worker/trainer.py")
+        for name in (
+            "service/metrics.py",
+            "service/replica_metrics.py",
+            "worker/importance_metrics.py",
+            "worker/trainer.py",
+        )
     )
     names = set(re.findall(r"`(mas_[a-z_]+)", section("Metrics")))
     assert len(names) > 10

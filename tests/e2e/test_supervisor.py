@@ -16,6 +16,8 @@ import httpx
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.demo import free_port, local_env, serve
+from mas_stream.settings import Settings
+from mas_stream.supervisor import children
 from tests.support.processes import alive, children_of
 from tests.support.waiting import wait_until
 
@@ -100,3 +102,15 @@ def test_serve_announces_its_url_once_the_api_answers(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(60) == 0
+
+
+def test_serve_starts_the_importance_workers_it_is_asked_for(tmp_path: Path) -> None:
+    """`MAS_SERVE_IMPORTANCE_WORKERS`: each worker with its own Ω partial id; none at all when
+    they run elsewhere, while the API and the trainer still start."""
+    for workers, ids in ((2, ["importance-0", "importance-1"]), (0, [])):
+        settings = Settings(data_dir=tmp_path, serve_importance_workers=workers)
+        parts = children(settings, None)
+        started = [part for part in parts if "importance" in part.command]
+        assert [part.command[-1] for part in started] == ids
+        assert [part.name for part in started] == ids
+        assert {"api", "trainer"} <= {part.name for part in parts}

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 import torch
 
 from mas_stream.bench.suites import load_suite
@@ -17,6 +16,7 @@ from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore, split_holdout
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
+from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from tests.support.waiting import wait_until
 from worker.trainer import Trainer
@@ -31,7 +31,7 @@ class TrainerStores:
     registry: ModelRegistry
 
     @classmethod
-    def open(cls, settings: Settings, redis_conn: redis.Redis, keys: Keys) -> TrainerStores:
+    def open(cls, settings: Settings, redis_conn: RedisClient, keys: Keys) -> TrainerStores:
         return cls(
             datasets=DatasetStore(redis_conn, keys, settings.datasets_dir),
             jobs=JobQueue(redis_conn, keys),
@@ -52,13 +52,13 @@ def digits_task(index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_trainer(
-    settings: Settings, redis_conn: redis.Redis, keys: Keys, consumer: str = "trainer-test"
+    settings: Settings, redis_conn: RedisClient, keys: Keys, consumer: str = "trainer-test"
 ) -> Trainer:
     return Trainer(settings, redis_conn, keys, consumer=consumer, device=torch.device("cpu"))
 
 
 def trainer_after_task0(
-    settings: Settings, stores: TrainerStores, redis_conn: redis.Redis, keys: Keys
+    settings: Settings, stores: TrainerStores, redis_conn: RedisClient, keys: Keys
 ) -> Trainer:
     """A trainer that has learned digits task 0, so the served version is 1."""
     trainer = make_trainer(settings, redis_conn, keys)

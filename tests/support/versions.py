@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-
 import mas
 from mas_stream.records.job import OmegaSource
 from mas_stream.records.version import VersionInfo, VersionMetrics
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
-from mas_stream.store.redis_server import redis_client
+from mas_stream.store.redis_server import RedisClient, redis_client
 from mas_stream.store.registry import ModelRegistry
 
 SPEC = {"family": "mlp", "input_shape": [8], "hidden": [16]}
 
 
-def registry_for(settings: Settings) -> tuple[ModelRegistry, redis.Redis]:
+def registry_for(settings: Settings) -> tuple[ModelRegistry, RedisClient]:
     assert settings.redis_url is not None
     client = redis_client(settings.redis_url)
     return ModelRegistry(client, Keys(settings.key_prefix), settings.models_dir), client

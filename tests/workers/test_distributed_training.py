@@ -1,0 +1,150 @@
+"""MAS_TRAIN_PROCS=2: the trainer runs a job as a torchrun DDP job of two gloo processes, against
+real Redis and real digits, and the result is the single-process one; a cancelled DDP job stops
+its ranks, publishes nothing and leaves no bundle behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from mas.training import TrainingDiverged
+from mas_stream.settings import Settings
+from mas_stream.store.keys import Keys
+from tests.support.settings import make_settings
+from tests.support.trainer import (
+    TrainerStores,
+    digits_task,
+    make_trainer,
+    progress,
+    upload,
+)
+from tests.support.waiting import wait_until
+from worker.distributed_training import Torchrun
+from worker.trainer import METRICS
+
+
+def _settings(tmp_path: Path, keys: Keys, redis_url: str, procs: int) -> Settings:
+    return make_settings(
+        tmp_path,
+        keys,
+        redis_url,
+        hidden=[32],
+        epochs=10,
+        retention_max_drop=1.0,
+        min_traffic_samples=100,
+        job_lease_ms=1000,
+        trainer_metrics_port=0,
+        train_procs=procs,
+    )
+
+
+def _learn_two_tasks(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis, procs: int
+) -> tuple[TrainerStores, str]:
+    """Task 0 on one process (v1), then task 1 on `procs` on top of it (v2, with the penalty)."""
+    single = _settings(tmp_path, keys, redis_url, 1)
+    stores = TrainerStores.open(single, redis_conn, keys)
+    upload(stores, "task0", *digits_task(0))
+    assert make_trainer(single, redis_conn, keys).run_once(block_ms=2000)
+    job = upload(stores, "task1", *digits_task(1), lam=2.0)
+    distributed = _settings(tmp_path, keys, redis_url, procs)
+    assert make_trainer(distributed, redis_conn, keys, consumer="ddp").run_once(block_ms=2000)
+    return stores, job
+
+
+def _training_processes(data_dir: Path) -> dict[int, int]:
+    """pid → process group of torchrun and its ranks working on a bundle under `data_dir`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            group = os.getpgid(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+        if b"worker.train_rank" in command and any(str(data_dir).encode() in a for a in command):
+            found[int(entry.name)] = group
+    return found
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_processes_match_one_and_publish_one_version(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    one, one_job = _learn_two_tasks(tmp_path / "one", keys, redis_url, redis_conn, 1)
+    ddp_keys = Keys(prefix=f"{keys.prefix}-ddp")
+    two, two_job = _learn_two_tasks(tmp_path / "two", ddp_keys, redis_url, redis_conn, 2)
+
+    expected, record = one.jobs.get(one_job), two.jobs.get(two_job)
+    assert record is not None and expected is not None
+    assert record.status == "succeeded", record.error
+    assert record.result is not None and expected.result is not None
+    assert record.result.version == 2 and record.result.parent == 1 and record.result.activated
+    assert [m.version for m in two.registry.list_versions()] == [1, 2]
+    after, reference = record.result.accuracy_after, expected.result.accuracy_after
+    assert set(after) == {"task0", "task1"} and after["task1"] > 0.9
+    for task, accuracy in reference.items():
+        assert abs(after[task] - accuracy) <= 0.01, (task, after, reference)
+    assert record.progress == 1.0 and record.step == record.total_steps > 0
+    assert list((tmp_path / "two" / "data" / "training").iterdir()) == []
+
+
+def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    settings = _settings(tmp_path, keys, redis_url, 2)
+    stores = TrainerStores.open(settings, redis_conn, keys)
+    job = upload(stores, "task0", *digits_task(0), epochs=2000)
+    trainer = make_trainer(settings, redis_conn, keys)
+    runner = threading.Thread(target=trainer.run_once, kwargs={"block_ms": 2000})
+    runner.start()
+    try:
+        wait_until(lambda: progress(stores, job) > 0, timeout=60)  # torchrun starts in seconds
+        processes = _training_processes(settings.data_dir)
+        assert len(processes) >= 3, processes  # torchrun and its two ranks
+        wait_until(lambda: (METRICS.get_sample_value("mas_trainer_job_progress_ratio") or 0) > 0)
+    finally:
+        stores.jobs.request_cancel(job)
+        runner.join(60)
+    record = stores.jobs.get(job)
+    assert record is not None and record.status == "canceled", record
+    assert stores.registry.list_versions() == [] and stores.registry.current_version() is None
+    assert not any(_group_alive(group) for group in set(processes.values()))
+    assert _training_processes(settings.data_dir) == {}
+    assert list((settings.data_dir / "training").iterdir()) == []
+
+
+def _python(*lines: str) -> list[str]:
+    """A stand-in for torchrun that prints what a run's rank 0 and stderr would."""
+    return [sys.executable, "-c", "\n".join(["import sys", *lines])]
+
+
+def test_a_failed_run_reports_its_stderr_and_a_diverged_one_diverges() -> None:
+    step = json.dumps({"epoch": 0, "step": 1, "total_steps": 4, "loss": 0.5})
+    failing = _python(
+        f"print({step!r})", "print('rank 1: CUDA error', file=sys.stderr)", "sys.exit(3)"
+    )
+    seen: list[float] = []
+    with Torchrun(failing) as run, pytest.raises(RuntimeError, match=r"status 3: .*CUDA error"):
+        run.follow(lambda progress: seen.append(progress.fraction), lambda: False)
+    assert seen == [0.25]
+    diverged = json.dumps({"diverged": "loss is nan at step 3 of 4"})
+    noisy = _python("print('a library prints')", f"print({diverged!r})")
+    with Torchrun(noisy) as run, pytest.raises(TrainingDiverged, match="nan at step 3"):
+        run.follow(None, lambda: False)
+    with Torchrun(_python("print('{}')")) as run, pytest.raises(RuntimeError, match="weights"):
+        run.follow(None, lambda: False)
