@@ -69,7 +69,7 @@ class ApiError(Exception):
 JSON_DECODE_ERRORS = (ValueError, RecursionError)
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes | bytearray) -> Any:
     """For bodies a route reads itself (multi-format or binary): the same 422 FastAPI gives."""
     try:
         return json.loads(raw)

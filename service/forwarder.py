@@ -109,9 +109,14 @@ class SampleForwarder:
             if room < len(rows):
                 self._dropped[DROP_BUFFER_FULL] += len(rows) - max(room, 0)
                 rows = rows[: max(room, 0)]
+            # A large request's rows go as several bounded entries, not one of up to the whole
+            # buffer: one write, and one importance pass, never holds more than rows_per_write.
+            for start in range(0, len(rows), self._rows_per_write):
+                self._buffer.append(
+                    Sample(version, task, rows[start : start + self._rows_per_write])
+                )
+            self._buffered += len(rows)
             if len(rows):
-                self._buffer.append(Sample(version, task, rows))
-                self._buffered += len(rows)
                 self._wake.notify()
 
     def _take(self) -> list[Sample]:

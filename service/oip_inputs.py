@@ -29,7 +29,9 @@ class InferInput(BaseModel):
     data: list[Any] | None = None
 
 
-def input_values(tensor: InferInput, binary: bytes, input_shape: list[int]) -> np.ndarray:
+def input_values(
+    tensor: InferInput, binary: bytes | memoryview, input_shape: list[int]
+) -> np.ndarray:
     """The tensor's numbers in its declared shape: [n, *input_shape], or rows flattened."""
     if tensor.name != INPUT_NAME:
         raise InvalidValue(
@@ -59,7 +61,9 @@ def input_values(tensor: InferInput, binary: bytes, input_shape: list[int]) -> n
     return _json_values(tensor)
 
 
-def _binary_values(tensor: InferInput, binary: bytes, size: object, dtype: np.dtype) -> np.ndarray:
+def _binary_values(
+    tensor: InferInput, binary: bytes | memoryview, size: object, dtype: np.dtype
+) -> np.ndarray:
     """Exactly the tensor's bytes: none missing, none left over after it."""
     count = math.prod(tensor.shape)
     if not isinstance(size, int) or size != count * dtype.itemsize or size > len(binary):
@@ -74,8 +78,10 @@ def _binary_values(tensor: InferInput, binary: bytes, size: object, dtype: np.dt
             f"is {size}, but {len(binary)} bytes follow the JSON header: "
             "every binary byte must belong to a tensor",
         )
-    # A copy: the request bytes are read-only, tensors made from them must not be.
-    return np.frombuffer(binary, dtype=dtype, count=count).reshape(tensor.shape).copy()
+    values = np.frombuffer(binary, dtype=dtype, count=count).reshape(tensor.shape)
+    # Tensors made from read-only bytes must not be: those are copied; a request's own buffer
+    # (`service.request_body`) is used as it is.
+    return values if values.flags.writeable else values.copy()
 
 
 def _json_values(tensor: InferInput) -> np.ndarray:

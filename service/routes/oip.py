@@ -24,6 +24,7 @@ from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
 from service.oip_inputs import INPUT_NAME, InferInput, input_values
+from service.request_body import LARGE_BODY_BYTES, read_body
 from service.responses import Responses, oip_errors
 from service.schemas import (
     VERSION_NUMBER,
@@ -207,26 +208,31 @@ async def version_infer(
 
 async def _infer(runtime: Runtime, request: Request, name: str, version: str | None) -> Response:
     loaded = _served_model(runtime, name, version)
-    body, binary = await _read_request(request)
+    body, binary, size = await _read_request(request)
     parameters = body.parameters or {}
     task = runtime.inference.task_of(loaded, parameters.get("task"), field="parameters.task")
     if len(body.inputs) != 1:
         raise ApiError(
             422, "inputs", f"exactly one input tensor is expected, got {len(body.inputs)}"
         )
-    values = input_values(body.inputs[0], binary, loaded.model.input_shape)
-    batch = runtime.inference.batch(loaded, values, "inputs[0].data")
+    batch = await runtime.inference.decode(
+        loaded,
+        lambda: input_values(body.inputs[0], binary, loaded.model.input_shape),
+        "inputs[0].data",
+        off_loop=size >= LARGE_BODY_BYTES,
+    )
     requested = _requested_outputs(body)
     result = await runtime.inference.predict(loaded, task, batch, "inputs[0].data")
     return _response(name, body, requested, result)
 
 
-async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
-    """The JSON header, and the binary tensor data after it when the extension is used."""
-    raw = await request.body()
+async def _read_request(request: Request) -> tuple[InferRequest, memoryview, int]:
+    """The JSON header, the binary tensor data after it when the extension is used (a view of
+    the body, not a copy), and the body's size."""
+    raw = await read_body(request)
     header_length = request.headers.get(HEADER_LENGTH)
     if header_length is None:
-        header, binary = raw, b""
+        header, binary = raw, memoryview(b"")
     else:
         if not _is_count(header_length) or int(header_length) > len(raw):
             raise ApiError(
@@ -234,8 +240,8 @@ async def _read_request(request: Request) -> tuple[InferRequest, bytes]:
                 HEADER_LENGTH,
                 f"must be the byte length of the JSON header (body is {len(raw)} bytes)",
             )
-        header, binary = raw[: int(header_length)], raw[int(header_length) :]
-    return parse_model(InferRequest, parse_json(header)), binary
+        header, binary = raw[: int(header_length)], memoryview(raw)[int(header_length) :]
+    return parse_model(InferRequest, parse_json(header)), binary, len(raw)
 
 
 def _wants_binary(body: InferRequest, requested: RequestedOutput | None) -> bool:

@@ -18,6 +18,7 @@ from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import EmbeddedRedis, redis_client
 from mas_stream.store.samples import BatchId, SampleStream
+from service.forwarder import SampleForwarder
 from tests.api.test_redis_frozen import frozen
 from tests.support.api import api_settings, metric, rows
 from tests.support.importance import drain, make_worker, worker_settings
@@ -56,6 +57,26 @@ def test_a_batch_written_again_under_its_id_is_appended_once(
     assert redis_conn.xlen(keys.samples) == 5
     ttl = redis_conn.ttl(keys.samples_producer("replica-a"))
     assert 0 < ttl <= 86_400, "a producer's batch number must not outlive it for ever"
+
+
+def test_a_large_request_is_forwarded_as_bounded_entries(
+    redis_conn: redis.Redis, keys: Keys
+) -> None:
+    """One entry per rows_per_write rows: a 50k-row predict must not become one 150 MB write
+    (held by the forwarder, Redis and one importance pass alike)."""
+    stream = SampleStream(redis_conn, keys, maxlen=1000)
+    forwarder = SampleForwarder(stream, sample_rate=1.0, capacity=10_000, rows_per_write=2048)
+    forwarder.start()
+    try:
+        forwarder.offer(1, "t0", np.arange(5000 * 8, dtype=np.float32).reshape(5000, 8))
+        wait_until(lambda: forwarder.forwarded == 5000, timeout=10)
+    finally:
+        forwarder.stop()
+    entries = redis_conn.xrange(keys.samples)
+    sizes = [Sample.from_fields(fields).rows.shape[0] for _, fields in entries]
+    assert sizes == [2048, 2048, 904]
+    last = Sample.from_fields(entries[-1][1]).rows
+    assert last[-1, -1] == 5000 * 8 - 1, "rows keep their order across entries"
 
 
 def test_a_write_that_timed_out_is_counted_once_and_in_the_stream_once(

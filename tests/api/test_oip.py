@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from mas_stream.store.keys import Keys
+from service.request_body import LARGE_BODY_BYTES
 from tests.support.api import api_settings
 from tests.support.serving import run_api
 from tests.support.versions import publish
@@ -117,3 +119,47 @@ def test_infer_errors_name_the_problem(served: tuple[str, int]) -> None:
     nan[1, 2] = np.nan
     with pytest.raises(InferenceServerException, match=r"inputs\[0\]\.data"):
         client.infer("mas", [tensor(nan, binary=True)])
+
+
+def test_large_binary_bodies_answer_alike_declared_or_chunked(
+    served: tuple[str, int],
+) -> None:
+    """Over LARGE_BODY_BYTES the tensor is read chunk by chunk into one buffer and decoded on a
+    worker thread: with a Content-Length and chunked, the answer is the same, and a bad value
+    is still the 422 naming the field."""
+    base, _ = served
+    rows = np.tile(INPUTS, (LARGE_BODY_BYTES // INPUTS.nbytes + 1, 1))
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "parameters": {"task": "t1", "binary_data_output": True},
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    url = f"{base}/v2/models/mas/infer"
+
+    def chunks(body: bytes) -> Iterator[bytes]:
+        yield from (body[start : start + 65536] for start in range(0, len(body), 65536))
+
+    expected = own_protocol(base, "t1")["probabilities"]
+    for content in (header + rows.tobytes(), chunks(header + rows.tobytes())):
+        answer = httpx.post(url, content=content, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        length = int(answer.headers["Inference-Header-Content-Length"])
+        outputs = json.loads(answer.content[:length])["outputs"]
+        size = outputs[0]["parameters"]["binary_data_size"]
+        probabilities = np.frombuffer(answer.content[length : length + size], "<f4")
+        assert len(rows) > LARGE_BODY_BYTES // rows[0].nbytes
+        assert np.allclose(probabilities.reshape(len(rows), -1)[:3], expected, atol=1e-6)
+    poisoned = rows.copy()
+    poisoned[-1, 0] = np.nan
+    refused = httpx.post(url, content=header + poisoned.tobytes(), headers=headers, timeout=60)
+    assert refused.status_code == 422
+    assert "inputs[0].data" in refused.text and "NaN" in refused.text
