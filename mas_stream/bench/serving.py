@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -28,6 +28,15 @@ import httpx
 import torch
 
 from mas_stream.bench.serving_requests import benchmark_inputs, http_requests, predicted_class
+from mas_stream.bench.serving_rows import (
+    PACED_CONNECTIONS,
+    PACED_FRACTION,
+    PACED_ROWS,
+    ROW_NAMES,
+    ROWS,
+    TARGETS,
+    Row,
+)
 from mas_stream.bench.serving_servers import (
     benchmark_model,
     running_bare_app,
@@ -41,48 +50,6 @@ QUICK_SECONDS: Final = 2
 FULL_CONCURRENCY: Final = (1, 16, 64)
 QUICK_CONCURRENCY: Final = (1, 16)
 _WARM_UP_REQUESTS: Final = 20
-
-# Server -> the MAS_* settings `mas-stream serve` runs with ("bare" is the baseline app).
-TARGETS: Final[dict[str, dict[str, str]]] = {
-    "bare": {},
-    "service": {"MAS_SAMPLE_RATE": "1.0"},
-    "service-no-forward": {"MAS_SAMPLE_RATE": "0"},
-    "service-no-batch": {"MAS_SAMPLE_RATE": "1.0", "MAS_MAX_BATCH": "1", "MAS_MAX_WAIT_MS": "0"},
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    target: str
-    request: str
-    baseline: str
-    about: str
-
-
-ROWS: Final = (
-    Row("bare-json", "bare", "bare-json", "bare-json", "bare app, POST /predict JSON"),
-    Row("bare-bytes", "bare", "bare-bytes", "bare-bytes", "bare app, POST /predict-bytes float32"),
-    Row("ping", "bare", "ping", "bare-json", "bare app, GET /ping (load generator ceiling)"),
-    Row("v1-json", "service", "v1-json", "bare-json", "service, POST /v1/predict JSON"),
-    Row("oip-json", "service", "oip-json", "bare-json", "service, OIP infer JSON"),
-    Row("oip-binary", "service", "oip-binary", "bare-bytes", "service, OIP infer binary tensors"),
-    Row(
-        "v1-json-no-forward",
-        "service-no-forward",
-        "v1-json",
-        "bare-json",
-        "service, /v1/predict, MAS_SAMPLE_RATE=0",
-    ),
-    Row(
-        "v1-json-no-batch",
-        "service-no-batch",
-        "v1-json",
-        "bare-json",
-        "service, /v1/predict, MAS_MAX_BATCH=1 MAS_MAX_WAIT_MS=0",
-    ),
-)
-ROW_NAMES: Final = tuple(row.name for row in ROWS)
 
 
 def check_and_warm_up(base_url: str, kind: str, request: HttpRequest) -> int | None:
@@ -136,9 +103,40 @@ def measure(rows: list[Row], concurrency: Sequence[int], seconds: int) -> list[d
                         figures = {**asdict(result), "req_per_s": result.requests_per_second}
                         results.append(_entry(row, connections, request, figures))
                         print(_progress(results[-1]), file=sys.stderr, flush=True)
+                    if row.name in PACED_ROWS:
+                        results.append(_paced(row, base_url, request, results, seconds))
+                        print(_progress(results[-1]), file=sys.stderr, flush=True)
     _check_same_answers(answers)
     _add_ratios(results)
     return results
+
+
+def _paced(
+    row: Row,
+    base_url: str,
+    request: HttpRequest,
+    results: list[dict[str, Any]],
+    seconds: int,
+) -> dict[str, Any]:
+    """One window at about PACED_FRACTION of the row's highest req/s: PACED_CONNECTIONS
+    connections, each pausing so that together they send that rate (wrk pauses in whole ms).
+    A short window first measures what a pause yields, and the pause is corrected by it."""
+    highest = max(r["req_per_s"] for r in results if r["row"] == row.name)
+    cycle_ms = 1000.0 * PACED_CONNECTIONS / (PACED_FRACTION * highest)
+    pause_ms = max(1, round(cycle_ms))
+    trial = run_wrk(base_url, request, PACED_CONNECTIONS, 2, pause_ms)
+    answer_ms = 1000.0 * PACED_CONNECTIONS / trial.requests_per_second - pause_ms
+    pause_ms = max(1, round(cycle_ms - max(answer_ms, 0.0)))
+    result = run_wrk(base_url, request, PACED_CONNECTIONS, seconds, pause_ms)
+    figures = {**asdict(result), "req_per_s": result.requests_per_second}
+    entry = _entry(row, PACED_CONNECTIONS, request, figures)
+    return {
+        **entry,
+        "row": f"{row.name}@half",
+        "pause_ms": pause_ms,
+        "paced_of_req_per_s": highest,
+        "baseline": row.name,
+    }
 
 
 def _entry(
@@ -169,7 +167,11 @@ def _check_same_answers(answers: dict[str, int | None]) -> None:
 def _add_ratios(results: list[dict[str, Any]]) -> None:
     by_key = {(r["row"], r["concurrency"]): r["req_per_s"] for r in results}
     for result in results:
-        result["ratio"] = result["req_per_s"] / by_key[(result["baseline"], result["concurrency"])]
+        if "paced_of_req_per_s" in result:  # the share of its row's highest rate it ran at
+            result["ratio"] = result["req_per_s"] / result["paced_of_req_per_s"]
+        else:
+            baseline = by_key[(result["baseline"], result["concurrency"])]
+            result["ratio"] = result["req_per_s"] / baseline
 
 
 def _progress(result: dict[str, Any]) -> str:

@@ -107,8 +107,8 @@ def running_service(
     data_dir: Path, overrides: Mapping[str, str], model: mas.MultiHeadNet | None = None
 ) -> Iterator[str]:
     """`mas-stream serve` serving `model` (default `benchmark_model()`); yields its base URL once
-    the API is ready and both workers answer /metrics, so no start-up work runs into the first
-    window."""
+    the API is ready and the workers it starts answer /metrics, so no start-up work runs into
+    the first window."""
     data_dir.mkdir(parents=True)
     publish(model or benchmark_model(), data_dir)
     ports = {part: free_port() for part in ("api", "importance", "trainer")}
@@ -118,7 +118,10 @@ def running_service(
         with _child(command, service_environment(data_dir, ports, overrides), log_path) as process:
             url = f"http://{HOST}:{ports['api']}"
             _wait_until_ready(f"{url}/readyz", process, log_path)
-            for worker in ("importance", "trainer"):
+            workers = ["trainer"]
+            if overrides.get("MAS_SERVE_IMPORTANCE_WORKERS") != "0":
+                workers.append("importance")
+            for worker in workers:
                 _wait_until_ready(f"http://{HOST}:{ports[worker]}/metrics", process, log_path)
             yield url
     finally:

@@ -59,9 +59,13 @@ def wrk_executable() -> str | None:
     return shutil.which("wrk")
 
 
-def lua_script(request: HttpRequest, body_file: Path | None) -> str:
-    """Sets the method, headers and body (read from a file: it may be binary), then the hook."""
+def lua_script(request: HttpRequest, body_file: Path | None, pause_ms: int = 0) -> str:
+    """Sets the method, headers and body (read from a file: it may be binary), then the hook;
+    with `pause_ms`, each connection waits that long after an answer (wrk's `delay()`), which
+    paces the load below the server's maximum."""
     lines = [f"MARK = {json.dumps(RESULT_MARK)}", f"wrk.method = {json.dumps(request.method)}"]
+    if pause_ms > 0:
+        lines.append(f"function delay() return {int(pause_ms)} end")
     for name, value in request.headers.items():
         lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
     if body_file is not None:
@@ -88,8 +92,11 @@ def parse_result(stdout: str) -> WrkResult:
     )
 
 
-def run_wrk(base_url: str, request: HttpRequest, connections: int, seconds: int) -> WrkResult:
-    """`wrk -c N -t min(N, 2) -d S`: N connections, each sending its next request on an answer."""
+def run_wrk(
+    base_url: str, request: HttpRequest, connections: int, seconds: int, pause_ms: int = 0
+) -> WrkResult:
+    """`wrk -c N -t min(N, 2) -d S`: N connections, each sending its next request on an answer
+    (`pause_ms` after it). Latency is measured from sending, so a pause is not counted in it."""
     executable = wrk_executable()
     if executable is None:
         raise RuntimeError(INSTALL_HINT)
@@ -99,7 +106,7 @@ def run_wrk(base_url: str, request: HttpRequest, connections: int, seconds: int)
             body_file = Path(scratch) / "body"
             body_file.write_bytes(request.body)
         script = Path(scratch) / "request.lua"
-        script.write_text(lua_script(request, body_file))
+        script.write_text(lua_script(request, body_file, pause_ms))
         command = [
             executable,
             f"-c{connections}",
