@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -42,6 +41,7 @@ from mas.training import (
     train_task,
 )
 from mas_stream.settings import Settings
+from mas_stream.store.owned_directories import OwnedDirectories
 from worker.training_bundle import TrainingRun, read_trained, write_bundle
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ _POLL_S: Final = 0.1
 # How long torchrun gets to end its ranks after SIGTERM before its group is killed.
 _STOP_GRACE_S: Final = 10.0
 _STDERR_LINES: Final = 20
+# A bundle is named after its task (letters, digits, '-' and '_') and then its owner.
+_BUNDLE_PREFIX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]*\."
 
 
 class TaskTrainer(Protocol):
@@ -73,16 +75,23 @@ class TaskTrainer(Protocol):
 def task_trainer(settings: Settings) -> TaskTrainer:
     if settings.train_procs == 1:
         return train_task
-    return DistributedTrainer(settings.train_procs, settings.data_dir / "training")
+    return DistributedTrainer(settings.train_procs, training_bundles(settings))
+
+
+def training_bundles(settings: Settings) -> OwnedDirectories:
+    """A bundle lives as long as its run, which may be days: another host's is never removed."""
+    return OwnedDirectories(
+        settings.data_dir / "training", _BUNDLE_PREFIX, foreign_age_seconds=None
+    )
 
 
 class DistributedTrainer:
-    """Trains one task on `procs` processes; each run's bundle lives under `root` while it
-    runs and is removed whatever the outcome."""
+    """Trains one task on `procs` processes; each run's bundle lives while it runs and is removed
+    whatever the outcome (a trainer killed meanwhile leaves it to `remove_abandoned`)."""
 
-    def __init__(self, procs: int, root: Path) -> None:
+    def __init__(self, procs: int, bundles: OwnedDirectories) -> None:
         self.procs = procs
-        self.root = root
+        self.bundles = bundles
 
     def __repr__(self) -> str:
         return f"DistributedTrainer({self.procs} processes)"
@@ -100,16 +109,15 @@ class DistributedTrainer:
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
         started = time.perf_counter()
-        self.root.mkdir(parents=True, exist_ok=True)
-        bundle = Path(tempfile.mkdtemp(prefix=f"{task}-", dir=self.root))
-        try:
-            device = next(model.parameters()).device
-            write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
-            with Torchrun(self._command(bundle)) as torchrun:
-                outcome = torchrun.follow(on_progress, should_stop or (lambda: False))
-            model.load_state_dict(read_trained(bundle), strict=True)
-        finally:
-            shutil.rmtree(bundle, ignore_errors=True)
+        with self.bundles.owned(f"{task}.", create=True) as bundle:
+            try:
+                device = next(model.parameters()).device
+                write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
+                with Torchrun(self._command(bundle)) as torchrun:
+                    outcome = torchrun.follow(on_progress, should_stop or (lambda: False))
+                model.load_state_dict(read_trained(bundle), strict=True)
+            finally:
+                shutil.rmtree(bundle, ignore_errors=True)
         steps, final_loss = int(outcome["steps"]), float(outcome["final_loss"])
         return TrainResult(steps, final_loss, time.perf_counter() - started)
 

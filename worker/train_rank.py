@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from mas.training import Progress, TrainingDiverged, train_task
+from mas_stream.store.owned_directories import process_alive
 from worker.training_bundle import read_bundle, write_trained
 
 # Rank 0 reports a step at most this often (and always the last one); the trainer writes
@@ -71,19 +72,11 @@ def emit(event: dict[str, object]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _exit_when_orphaned(trainer: int) -> None:
     torchrun = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == torchrun and _alive(trainer):
+        while os.getppid() == torchrun and process_alive(trainer):
             time.sleep(_ORPHAN_CHECK_S)
         os._exit(1)
 

@@ -32,7 +32,7 @@ from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.retention import Retention
 from worker.candidate import Candidate, CandidateBuilder
-from worker.distributed_training import task_trainer
+from worker.distributed_training import task_trainer, training_bundles
 from worker.job_lease import JobLease, LeaseLost, TrainingReports
 from worker.recovery import published_result
 
@@ -254,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         consumer = args.consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         trainer = Trainer(settings, client, keys, consumer=consumer, device=device)
         trainer.registry.remove_abandoned_staging()
+        training_bundles(settings).remove_abandoned()
         return trainer
 
     return run_worker(build, "trainer", METRICS)

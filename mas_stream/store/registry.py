@@ -2,8 +2,8 @@
 
 A version directory appears complete or not at all (written elsewhere, then renamed), and is
 never changed afterwards; serving another version is one SET of the pointer plus a notification.
-A staging directory is named after its writer (`.v<N>.<pid>@<host>.<random>`), so the one a killed
-writer left behind can be told from one being written now, and removed at a writer's start-up.
+A staging directory is named after its writer (`.v<N>.<pid>@<host>.<random>`, see
+`owned_directories`), so the one a killed writer left behind is removed at a writer's start-up.
 Deleting a version goes the other way: renamed to a staging name first, then removed.
 """
 
@@ -12,11 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import shutil
-import socket
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,13 +27,12 @@ from mas_stream.records.version import ListedVersion, VersionInfo, VersionManife
 from mas_stream.store.files import fsync_directory
 from mas_stream.store.keys import Keys
 from mas_stream.store.model_files import load_extra_tensors, load_model, read_manifest, save_model
+from mas_stream.store.owned_directories import OwnedDirectories
 from mas_stream.store.redis_server import RedisClient
 
 log = logging.getLogger(__name__)
 
 _VERSION_DIRECTORY = re.compile(r"^v(\d+)$")
-# Groups: the writer's pid and host; absent in the names of writers older than the owner naming.
-_STAGING_DIRECTORY = re.compile(r"^\.v\d+\.(?:(\d+)@(.+)\.)?[^.]+$")
 # Whether another host's writer lives cannot be asked; no publish takes anywhere near this long.
 FOREIGN_STAGING_AGE_SECONDS = 3600.0
 # Read-only files guard immutability; the directory stays readable by processes of other users
@@ -66,12 +61,6 @@ return 1
 """
 
 
-# Staging directories this process is writing now. Its own pid alone cannot tell: a restarted
-# container's process often gets the pid (1) that its killed predecessor had.
-_OWN_STAGING: set[str] = set()
-_OWN_STAGING_LOCK = threading.Lock()
-
-
 class UnknownVersion(LookupError):
     """No published model version with this number."""
 
@@ -88,6 +77,9 @@ class ModelRegistry:
         self._redis = redis_client
         self._keys = keys
         self._models_dir = Path(models_dir)
+        self._staging = OwnedDirectories(
+            self._models_dir, r"\.v\d+\.", foreign_age_seconds=FOREIGN_STAGING_AGE_SECONDS
+        )
         self._activate_script = redis_client.register_script(_ACTIVATE_SCRIPT)
 
     def publish(
@@ -100,50 +92,34 @@ class ModelRegistry:
         extra_tensors: dict[str, dict[str, Tensor]] | None = None,
     ) -> int:
         """Writes a new version without activating it; returns its number."""
-        self._models_dir.mkdir(parents=True, exist_ok=True)
         version = self._allocate_version()
-        with _OWN_STAGING_LOCK:
-            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(version), dir=self._models_dir))
-            _OWN_STAGING.add(staging.name)
-        try:
-            manifest = VersionManifest(
-                version=version,
-                parent=parent,
-                created_at=time.time(),
-                metrics=metrics,
-                info=info,
-                spec=model.spec,
-                tasks=dict(model.tasks),
-            )
-            save_model(model, staging, manifest, extra_tensors)
-            for path in staging.iterdir():
-                path.chmod(_READ_ONLY_FILE_MODE)
-            staging.chmod(_VERSION_DIRECTORY_MODE)
-            os.rename(staging, self._directory(version))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            _OWN_STAGING.discard(staging.name)
+        with self._staging.owned(f".v{version}.", create=True) as staging:
+            try:
+                manifest = VersionManifest(
+                    version=version,
+                    parent=parent,
+                    created_at=time.time(),
+                    metrics=metrics,
+                    info=info,
+                    spec=model.spec,
+                    tasks=dict(model.tasks),
+                )
+                save_model(model, staging, manifest, extra_tensors)
+                for path in staging.iterdir():
+                    path.chmod(_READ_ONLY_FILE_MODE)
+                staging.chmod(_VERSION_DIRECTORY_MODE)
+                os.rename(staging, self._directory(version))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         fsync_directory(self._models_dir)
         return version
 
     def remove_abandoned_staging(self) -> list[Path]:
-        """For a writer's start-up: a writer killed inside `publish` leaves its staging directory
-        for ever otherwise. Its version number stays skipped, which breaks nothing."""
-        if not self._models_dir.is_dir():
-            return []
-        removed = []
-        with _OWN_STAGING_LOCK:
-            for path in self._models_dir.iterdir():
-                match = _STAGING_DIRECTORY.match(path.name)
-                if match and path.is_dir() and _abandoned(path, match.group(1), match.group(2)):
-                    log.warning(
-                        "removing %s, left by a publish or delete that never finished", path
-                    )
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-        return removed
+        """For a writer's start-up: a writer killed inside `publish` or `withdrawn` leaves its
+        staging directory for ever otherwise. Its version number stays skipped, which breaks
+        nothing."""
+        return self._staging.remove_abandoned()
 
     @contextmanager
     def withdrawn(self, version: int) -> Iterator[None]:
@@ -151,10 +127,7 @@ class ModelRegistry:
         is no longer listed, loaded nor activated), back if the block raises. A process killed
         meanwhile leaves a staging directory, which `remove_abandoned_staging` removes."""
         directory = self._require(version)
-        with _OWN_STAGING_LOCK:
-            aside = self._models_dir / f"{_staging_prefix(version)}{secrets.token_hex(4)}"
-            _OWN_STAGING.add(aside.name)
-        try:
+        with self._staging.owned(f".v{version}.", create=False) as aside:
             os.rename(directory, aside)
             try:
                 yield
@@ -162,8 +135,6 @@ class ModelRegistry:
                 os.rename(aside, directory)
                 raise
             shutil.rmtree(aside)
-        finally:
-            _OWN_STAGING.discard(aside.name)
         fsync_directory(self._models_dir)
 
     def activate(self, version: int) -> None:
@@ -233,34 +204,3 @@ class ModelRegistry:
         if not directory.is_dir():
             raise UnknownVersion(f"model version {version} does not exist")
         return directory
-
-
-def _staging_prefix(version: int) -> str:
-    return f".v{version}.{os.getpid()}@{_host_name()}."
-
-
-def _host_name() -> str:
-    """As it appears in staging names: no character that a path or the name pattern treats apart."""
-    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
-
-
-def _abandoned(staging: Path, pid: str | None, host: str | None) -> bool:
-    if pid is not None and host == _host_name():
-        return not _writer_alive(int(pid), staging.name)
-    try:
-        age = time.time() - staging.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    return age > FOREIGN_STAGING_AGE_SECONDS
-
-
-def _writer_alive(pid: int, staging_name: str) -> bool:
-    if pid == os.getpid():
-        return staging_name in _OWN_STAGING
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, and another user's
-    return True

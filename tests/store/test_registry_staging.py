@@ -19,6 +19,7 @@ import redis
 
 from mas.model import build_model
 from mas_stream.records.version import VersionMetrics
+from mas_stream.store import owned_directories
 from mas_stream.store import registry as registry_module
 from mas_stream.store.keys import Keys
 from mas_stream.store.registry import FOREIGN_STAGING_AGE_SECONDS, ModelRegistry
@@ -151,7 +152,7 @@ def test_a_dead_incarnation_with_this_processs_pid_is_abandoned(
     redis_conn: redis.Redis, keys: Keys, models_dir: Path
 ) -> None:
     """A restarted container's writer often has the pid its killed predecessor had."""
-    host = registry_module._host_name()
+    host = owned_directories.host_name()
     left = models_dir / f".v1.{os.getpid()}@{host}.abcd1234"
     left.mkdir(parents=True)
     assert ModelRegistry(redis_conn, keys, models_dir).remove_abandoned_staging() == [left]

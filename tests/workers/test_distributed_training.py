@@ -1,11 +1,14 @@
 """MAS_TRAIN_PROCS=2: the trainer runs a job as a torchrun DDP job of two gloo processes, against
 real Redis and real digits, and the result is the single-process one; a cancelled DDP job stops
-its ranks, publishes nothing and leaves no bundle behind."""
+its ranks, publishes nothing and leaves no bundle behind; a killed trainer's bundle is removed
+when a trainer starts."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +19,7 @@ import redis
 from mas.training import TrainingDiverged
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
+from tests.support.processes import worker_env
 from tests.support.settings import make_settings
 from tests.support.trainer import (
     TrainerStores,
@@ -126,6 +130,39 @@ def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
     assert not any(_group_alive(group) for group in set(processes.values()))
     assert _training_processes(settings.data_dir) == {}
     assert list((settings.data_dir / "training").iterdir()) == []
+
+
+def test_a_killed_trainers_bundle_is_removed_when_a_trainer_starts(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    settings = _settings(tmp_path, keys, redis_url, 2)
+    stores = TrainerStores.open(settings, redis_conn, keys)
+    job = upload(stores, "task0", *digits_task(0), epochs=2000)
+    env = worker_env(
+        redis_url, keys, settings.data_dir, job_lease_ms="1000", trainer_metrics_port="0"
+    )
+    env["MAS_TRAIN_PROCS"] = "2"
+    trainer = [sys.executable, "-m", "mas_stream", "worker", "trainer"]
+    bundles = settings.data_dir / "training"
+    killed = subprocess.Popen(trainer, env=env)
+    try:
+        wait_until(lambda: progress(stores, job) > 0, timeout=90)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    [bundle] = list(bundles.iterdir())
+    assert bundle.name.startswith(f"task0.{killed.pid}@")
+    wait_until(lambda: _training_processes(settings.data_dir) == {}, timeout=30)  # ranks follow
+    assert bundle.is_dir()
+
+    restarted = subprocess.Popen(trainer, env=env)
+    try:
+        wait_until(lambda: not bundle.exists(), timeout=90)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
+    assert list(bundles.iterdir()) == []
+    assert stores.registry.list_versions() == []
 
 
 def _python(*lines: str) -> list[str]:
