@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,9 +70,18 @@ def holds_bool(value: object) -> bool:
     return False
 
 
-def _not_a_number(array: np.ndarray) -> str:
-    """The first value that is not a number, as a client would recognise it."""
-    for item in array.flat:
+def _leaves(value: object) -> Iterator[object]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def _not_a_number(value: object, array: np.ndarray) -> str:
+    """The first value that is not a number, as a client would recognise it: looked for in what
+    was sent, since numpy turns [0.5, "x"] into the texts "0.5" and "x"."""
+    for item in _leaves(value) if isinstance(value, list | tuple) else array.flat:
         value = item.item() if isinstance(item, np.generic) else item
         if value is None:
             return "null"
@@ -92,7 +101,7 @@ def validate_inputs(
     if array.dtype == np.bool_ or holds_bool(x):
         raise DataValidationError(field, "must be numbers, got true/false")
     if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-        raise DataValidationError(field, f"must be numbers, got {_not_a_number(array)}")
+        raise DataValidationError(field, f"must be numbers, got {_not_a_number(x, array)}")
     if np.iscomplexobj(array):
         raise DataValidationError(field, f"must be real numbers, got dtype {array.dtype}")
     if array.ndim >= 1 and array.shape[0] == 0:

@@ -26,7 +26,11 @@ Every error is `{"error": {"field", "message"}}` (on `/v2`: `{"error": "<field>:
 """
 
 # Bodies that routes read themselves (multi-format or binary) and describe by reference.
-HAND_PARSED_BODIES: tuple[type[BaseModel], ...] = (TaskUpload, oip.InferRequest)
+HAND_PARSED_BODIES: tuple[type[BaseModel], ...] = (
+    TaskUpload,
+    oip.InferRequest,
+    predict.PredictRequest,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -122,10 +122,7 @@ def field_name(location: Sequence[str | int]) -> str:
 
 
 def _described(error: dict[str, Any]) -> tuple[str, str]:
-    """(field, message) of one pydantic/FastAPI error; a JSON syntax error is the body's."""
-    if error.get("type") == "json_invalid":
-        reason = error.get("ctx", {}).get("error", "parse error")
-        return "body", f"is not valid JSON ({reason}, at character {error['loc'][-1]})"
+    """(field, message) of one pydantic/FastAPI error."""
     return field_name(error.get("loc", ())), str(error.get("msg", "invalid value"))
 
 
@@ -155,23 +152,8 @@ async def _data_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(request.url.path, status_of(error), error.field, error.problem)
 
 
-def _json_content_type(request: Request) -> bool:
-    """As FastAPI decides whether to parse a declared body as JSON: no type, application/json
-    or application/*+json."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    main, _, sub = content_type.partition("/")
-    return not content_type or (main == "application" and (sub == "json" or sub.endswith("+json")))
-
-
 async def _request_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    if not _json_content_type(request) and any(
-        tuple(item.get("loc", ())) == ("body",) for item in error.errors()
-    ):
-        # FastAPI left a JSON body unparsed: its "valid dictionary" complaint hides the cause.
-        given = request.headers["content-type"]
-        message = f"send Content-Type: application/json with a JSON body (got {given!r})"
-        return error_response(request.url.path, 415, "content-type", message)
     described = [_described(item) for item in error.errors()] or [("body", "invalid request")]
     payload = error_payload(request.url.path, *described[0])
     if len(described) > 1 and not request.url.path.startswith("/v2"):
@@ -183,9 +165,6 @@ async def _request_validation_error(request: Request, error: Exception) -> JSONR
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
-    if error.status_code == 400 and isinstance(error.__cause__, JSON_DECODE_ERRORS):
-        # FastAPI's 400 for a declared JSON body it could not decode: the body's 422, as elsewhere.
-        return await _api_error(request, _not_json(error.__cause__))
     field = "body" if error.status_code == 413 else None
     message = str(error.detail)
     if error.status_code == 404 and message == "Not Found":

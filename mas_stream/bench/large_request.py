@@ -1,9 +1,10 @@
 """Whether one large predict starves small ones: single-row latency with and without it in flight.
 
-`mas-stream bench-large-request [--quick] [--rows N] [--json OUT]`: `wrk` sends one-row
-`/v1/predict` requests (the serving benchmark's row) at concurrency 4 against `mas-stream serve`
-for one window alone and one window while a client thread keeps a `--rows`-row OIP binary
-predict in flight back to back. The service computes a large request in `MAS_MAX_BATCH`-row
+`mas-stream bench-large-request [--quick] [--rows N] [--large-json] [--json OUT]`: `wrk` sends
+one-row `/v1/predict` requests (the serving benchmark's row) at concurrency 4 against
+`mas-stream serve` for one window alone and one window while a client thread keeps a
+`--rows`-row OIP binary predict (with `--large-json`, a `/v1/predict` JSON one) in flight back
+to back. The service computes a large request in `MAS_MAX_BATCH`-row
 slices with other requests served between them; the figure to watch is the single-row p99.
 """
 
@@ -31,9 +32,14 @@ CONNECTIONS: Final = 4
 LARGE_ROWS: Final = 50_000
 
 
-def _large_request(rows: int) -> tuple[bytes, dict[str, str]]:
-    """An OIP binary body of `rows` rows: JSON would be ~8 bytes a number, binary is 4."""
-    raw = np.random.default_rng(1).random((rows, WIDTH), dtype=np.float32).tobytes()
+def large_request(rows: int, as_json: bool) -> tuple[str, bytes, dict[str, str]]:
+    """Path, body and headers of a `rows`-row predict: OIP binary (4 bytes a number) or
+    /v1/predict JSON (about 20)."""
+    array = np.random.default_rng(1).random((rows, WIDTH), dtype=np.float32)
+    if as_json:
+        body = json.dumps({"inputs": array.tolist()}).encode()
+        return "/v1/predict", body, {"Content-Type": "application/json"}
+    raw = array.tobytes()
     tensor = {"name": "input", "shape": [rows, WIDTH], "datatype": "FP32"}
     header = json.dumps(
         {
@@ -42,15 +48,15 @@ def _large_request(rows: int) -> tuple[bytes, dict[str, str]]:
         }
     ).encode()
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
-    return header + raw, headers
+    return "/v2/models/mas/infer", header + raw, headers
 
 
 class _LargeRequests:
     """Keeps one large request in flight until stopped; records how long each took."""
 
-    def __init__(self, url: str, rows: int) -> None:
-        self._body, self._headers = _large_request(rows)
-        self._url = f"{url}/v2/models/mas/infer"
+    def __init__(self, url: str, rows: int, as_json: bool) -> None:
+        path, self._body, self._headers = large_request(rows, as_json)
+        self._url = f"{url}{path}"
         self._stop = threading.Event()
         self.seconds: list[float] = []
         self.failures = 0
@@ -84,12 +90,12 @@ def _window(result: WrkResult) -> dict[str, Any]:
     }
 
 
-def measure(rows: int, seconds: int) -> dict[str, Any]:
+def measure(rows: int, seconds: int, as_json: bool = False) -> dict[str, Any]:
     small = http_requests(benchmark_inputs())["v1-json"]
     settings = {
         "MAS_SAMPLE_RATE": "1.0",
         "MAS_MAX_ROWS": str(max(rows, 1)),
-        "MAS_MAX_BODY_BYTES": str(rows * WIDTH * 4 + (1 << 20)),
+        "MAS_MAX_BODY_BYTES": str(rows * WIDTH * (24 if as_json else 4) + (1 << 20)),
     }
     with (
         tempfile.TemporaryDirectory(prefix="mas-bench-large-") as scratch,
@@ -97,7 +103,7 @@ def measure(rows: int, seconds: int) -> dict[str, Any]:
     ):
         run_wrk(url, small, CONNECTIONS, 1)  # warm-up
         alone = run_wrk(url, small, CONNECTIONS, seconds)
-        with _LargeRequests(url, rows) as large:
+        with _LargeRequests(url, rows, as_json) as large:
             while not large.seconds and not large.failures:  # one full pass first
                 time.sleep(0.05)
             beside = run_wrk(url, small, CONNECTIONS, seconds)
@@ -105,6 +111,7 @@ def measure(rows: int, seconds: int) -> dict[str, Any]:
         "connections": CONNECTIONS,
         "seconds": seconds,
         "large_rows": rows,
+        "large_format": "v1-json" if as_json else "oip-binary",
         "single_row_alone": _window(alone),
         "single_row_beside_large": _window(beside),
         "large_requests_completed": len(large.seconds),
@@ -116,7 +123,8 @@ def measure(rows: int, seconds: int) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"one-row /v1/predict at concurrency {report['connections']}, "
-        f"{report['seconds']} s windows; large request: {report['large_rows']} rows, OIP binary",
+        f"{report['seconds']} s windows; large request: {report['large_rows']} rows, "
+        + report["large_format"],
         f"{'window':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}",
     ]
     for key, label in (
@@ -141,6 +149,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="2 s windows, a 5,000-row request.")
     parser.add_argument("--rows", type=int, default=LARGE_ROWS, help="Rows of the large request.")
     parser.add_argument("--duration", type=int, default=8, help="Seconds per wrk window.")
+    parser.add_argument(
+        "--large-json", action="store_true", help="Send the large request as /v1/predict JSON."
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures to this file.")
 
 
@@ -148,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if wrk_missing():
         return 1
     rows, seconds = (5_000, 2) if args.quick else (args.rows, args.duration)
-    report = measure(rows, seconds)
+    report = measure(rows, seconds, args.large_json)
     return finish(report, format_report, args.json)
 
 

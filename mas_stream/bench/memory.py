@@ -30,7 +30,7 @@ from typing import Any, Final
 import httpx
 import numpy as np
 
-from mas_stream.bench.large_request import _large_request
+from mas_stream.bench.large_request import large_request
 from mas_stream.bench.proc_memory import ServiceProcesses
 from mas_stream.bench.report import command_main, finish, wrk_missing
 from mas_stream.bench.serving import _positive_seconds, check_and_warm_up, machine
@@ -136,7 +136,7 @@ def groups(large_rows: int, seconds: int, upload_bytes: int, quick: bool) -> lis
     Python objects stay in the allocator, comes last. --quick runs one service and leaves it and
     the float64 upload out."""
     request = http_requests(benchmark_inputs())["v1-json"]
-    body, headers = _large_request(large_rows)
+    path, body, headers = large_request(large_rows, as_json=False)
     float32 = npz_at(upload_bytes, np.float32)
     bomb_rows = QUICK_BOMB_ROWS if quick else BOMB_ROWS
 
@@ -150,7 +150,7 @@ def groups(large_rows: int, seconds: int, upload_bytes: int, quick: bool) -> lis
             f"bomb upload ({bomb_rows * WIDTH * 8 / 2**30:.2f} GiB of zeros)", bomb(bomb_rows)
         ),
         Phase(f"predict load: c{CONCURRENCY}, one-row JSON, {seconds} s", load),
-        _post(f"predict {large_rows:,} rows, OIP binary", "/v2/models/mas/infer", body, headers),
+        _post(f"predict {large_rows:,} rows, OIP binary", path, body, headers),
     ]
     uploads = [Phase("idle", _idle), _uploads("float32 npz upload at the cap", float32)]
     if not quick:

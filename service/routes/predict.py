@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import require_inference
 from service.context import RuntimeDep
+from service.request_body import read_json
 from service.responses import errors
 
 router = APIRouter(tags=["predict"])
@@ -38,8 +39,17 @@ class PredictResponse(BaseModel):
     response_model=PredictResponse,
     dependencies=[Depends(require_inference)],
     responses=errors(415, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+    },
 )
-async def predict(body: PredictRequest, runtime: RuntimeDep) -> PredictResponse:
+async def predict(request: Request, runtime: RuntimeDep) -> PredictResponse:
+    body = await read_json(request, PredictRequest)
     inference = runtime.inference
     loaded = inference.served_version()
     task = inference.task_of(loaded, body.task)

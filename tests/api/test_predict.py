@@ -1,8 +1,10 @@
-"""/v1/predict against a real server: answers, micro-batching, sample forwarding, hot swap."""
+"""/v1/predict against a real server: answers, large bodies, micro-batching, sample forwarding,
+hot swap."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import redis
 
 from mas_stream.store.keys import Keys
+from service.request_body import LARGE_BODY_BYTES
 from tests.support.api import AUTH, TOKEN, api_settings, metric, rows
 from tests.support.serving import run_api
 from tests.support.versions import publish
@@ -51,6 +54,31 @@ def test_predict_defaults_to_the_newest_task_and_accepts_nested_rows(
         other = httpx.post(f"{base}/v1/predict", json={"task": "digits", "inputs": flat.tolist()})
         assert other.json()["task"] == "digits"
         assert np.asarray(other.json()["probabilities"]).shape == (2, 3)
+
+
+def test_a_large_body_answers_as_its_rows_do_alone_and_names_a_bad_value(
+    tmp_path: Path, redis_url: str, keys: Keys
+) -> None:
+    """The route reads its body itself (after the token), chunk by chunk from its declared
+    length: a body over a megabyte is answered as its rows are in a small request, and a bad
+    value near its end is the 422 naming it."""
+    settings = api_settings(tmp_path, redis_url, keys, max_rows=100_000)
+    publish(settings, {"t0": 3})
+    small = rows(4)
+    large = small * (2 * LARGE_BODY_BYTES // len(json.dumps(small)))
+    with run_api(settings) as base:
+        expected = httpx.post(f"{base}/v1/predict", json={"inputs": small}).json()
+        answer = httpx.post(f"{base}/v1/predict", json={"inputs": large}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.request.content) > LARGE_BODY_BYTES
+        probabilities = np.asarray(answer.json()["probabilities"])
+        assert probabilities.shape == (len(large), 3)
+        assert np.allclose(probabilities[-4:], expected["probabilities"], atol=1e-6)
+        poisoned = [*large[:-1], [*large[-1][:-1], "x"]]
+        refused = httpx.post(f"{base}/v1/predict", json={"inputs": poisoned}, timeout=60)
+        assert refused.status_code == 422
+        error = refused.json()["error"]
+        assert error == {"field": "inputs", "message": "must be numbers, got text ('x')"}
 
 
 def test_concurrent_requests_share_forward_passes_and_every_row_is_forwarded(

@@ -121,6 +121,18 @@ def test_an_inference_route_takes_the_inference_token_only(
     wait_until(lambda: snapshot(guarded.settings)["samples"] > before["samples"])
 
 
+@pytest.mark.parametrize(("method", "path"), sorted(set(MUTATING) | INFERENCE_ROUTES))
+def test_a_guarded_route_checks_the_token_before_it_reads_the_body(
+    guarded: Guarded, method: str, path: str
+) -> None:
+    """A client without the token learns nothing of the body's parsing, and costs no parse."""
+    for content_type in ("application/json", "text/plain", "multipart/form-data; boundary=x"):
+        response = httpx.request(
+            method, guarded.url(path), content=b"{not json", headers={"content-type": content_type}
+        )
+        assert response.status_code == 401, (content_type, response.text)
+
+
 def test_reads_and_probes_need_no_token(guarded: Guarded) -> None:
     for path in ("/healthz", "/readyz", "/v1/models", "/v1/tasks", "/v1/jobs", "/v2/health/ready"):
         assert httpx.get(f"{guarded.base}{path}").status_code == 200, path

@@ -326,6 +326,22 @@ def test_inputs_without_values_or_real_numbers_are_refused(x: np.ndarray, fragme
 
 
 @pytest.mark.parametrize(
+    ("x", "named"),
+    [
+        ([[0.5, 1.0, "x"]], "text ('x')"),
+        ([[0.5, 1.0], [2.0, None]], "null"),
+        ([[0.5, {"a": 1}]], "dict ({'a': 1})"),
+        (np.array([["0.5", "y"]]), "text ('0.5')"),
+    ],
+)
+def test_the_value_that_is_not_a_number_is_named_as_it_was_sent(x: object, named: str) -> None:
+    """numpy turns [0.5, "x"] into texts: the value named is the first that was not a number."""
+    with pytest.raises(mas.DataValidationError) as error:
+        mas.validate_inputs(x, field="rows")
+    assert (error.value.field, error.value.problem) == ("rows", f"must be numbers, got {named}")
+
+
+@pytest.mark.parametrize(
     ("y", "fragment"),
     [
         ([0, [1]], "rectangular"),
