@@ -47,6 +47,12 @@ class Keys:
         return self.key("models:next")
 
     @property
+    def withdrawn_versions(self) -> str:
+        """Set: versions a delete has taken away, or is taking; the activation script refuses
+        them. Numbers are never reused, so a deleted version's stays."""
+        return self.key("models:withdrawn")
+
+    @property
     def events(self) -> str:
         """Pub/sub channel: model activations. A cluster client subscribes on the node of its
         slot, which is the one holding the keys; PUBLISH reaches every node anyway."""

@@ -47,11 +47,15 @@ OMEGA_CONSOLIDATED = "omega_consolidated"
 OMEGA_BOUNDARY = "omega_boundary"
 
 
-# KEYS[1] the served-version pointer; ARGV[1] the version to serve, ARGV[2] the events channel,
-# ARGV[3] the version expected there ("" for none yet), ARGV[4] "1" to compare first. Returns 1
-# once the pointer moved and the move was announced, 0 when the compare failed: a compare-and-set,
-# so a trainer never replaces a version it did not train on top of.
+# KEYS[1] the served-version pointer, KEYS[2] the withdrawn versions; ARGV[1] the version to
+# serve, ARGV[2] the events channel, ARGV[3] the version expected there ("" for none yet), ARGV[4]
+# "1" to compare first. Returns 1 once the pointer moved and the move was announced, 0 when the
+# compare failed (a compare-and-set, so a trainer never replaces a version it did not train on
+# top of), -1 for a version a delete took: its directory was there when the caller looked.
 _ACTIVATE_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return -1
+end
 if ARGV[4] == '1' and (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
   return 0
 end
@@ -124,15 +128,19 @@ class ModelRegistry:
     @contextmanager
     def withdrawn(self, version: int) -> Iterator[None]:
         """Deletes `version`'s files once the block completes: they move aside at once (the version
-        is no longer listed, loaded nor activated), back if the block raises. A process killed
-        meanwhile leaves a staging directory, which `remove_abandoned_staging` removes."""
+        is no longer listed, loaded nor activated, even by a caller that saw its files just
+        before), back if the block raises. A process killed meanwhile leaves a staging
+        directory, which `remove_abandoned_staging` removes."""
         directory = self._require(version)
+        # Before the files move: an activation that found them is refused from here on.
+        self._redis.sadd(self._keys.withdrawn_versions, version)
         with self._staging.owned(f".v{version}.", create=False) as aside:
             os.rename(directory, aside)
             try:
                 yield
             except BaseException:
                 os.rename(aside, directory)
+                self._redis.srem(self._keys.withdrawn_versions, version)
                 raise
             shutil.rmtree(aside)
         fsync_directory(self._models_dir)
@@ -153,11 +161,15 @@ class ModelRegistry:
         """Pointer and notification in one script, so subscribers never miss a move."""
         self._require(version)
         expected_text = "" if expected is None else str(expected)
-        moved = self._activate_script(
-            keys=[self._keys.current_version],
-            args=[version, self._keys.events, expected_text, "1" if check else "0"],
+        moved = int(
+            self._activate_script(
+                keys=[self._keys.current_version, self._keys.withdrawn_versions],
+                args=[version, self._keys.events, expected_text, "1" if check else "0"],
+            )
         )
-        return bool(moved)
+        if moved < 0:
+            raise UnknownVersion(f"model version {version} does not exist (it was deleted)")
+        return moved == 1
 
     def current_version(self) -> int | None:
         raw = self._redis.get(self._keys.current_version)

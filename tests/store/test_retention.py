@@ -3,6 +3,7 @@ and that a version a rollback may still go back to never loses its Ω."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega import OmegaStore
-from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.registry import ModelRegistry, UnknownVersion
 from mas_stream.store.retention import Retention
 from tests.support.settings import make_settings
 from tests.support.traffic import serve_traffic
@@ -174,3 +175,45 @@ def test_an_idle_trainer_prunes(
     trainer = make_trainer(settings.model_copy(update={"keep_versions": 1}), redis_conn, keys)
     assert not trainer.run_once(block_ms=0)  # no job: it pruned, then found nothing to train
     assert omega.versions() == [2, 3]
+
+
+def test_an_activation_that_saw_a_version_before_its_delete_is_refused(
+    settings: Settings, redis_conn: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas: one activates version 1 and has found its files when the other deletes it.
+    The pointer must not end on a version whose files are gone."""
+    old = publish(settings, {"t0": 3})
+    current = publish(settings, {"t0": 3}, seed=1)
+    activating = ModelRegistry(redis_conn, keys, settings.models_dir)
+    found, deleted = threading.Event(), threading.Event()
+    real_require = activating._require
+
+    def require_then_wait(version: int) -> Path:
+        directory = real_require(version)
+        found.set()
+        deleted.wait(30)
+        return directory
+
+    monkeypatch.setattr(activating, "_require", require_then_wait)
+    outcome: list[BaseException | None] = []
+
+    def activate() -> None:
+        try:
+            activating.activate(old)
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    activation = threading.Thread(target=activate)
+    activation.start()
+    try:
+        assert found.wait(30)
+        retention(settings, redis_conn, keys, keep=1).delete_version(old)
+    finally:
+        deleted.set()
+        activation.join(30)
+    [error] = outcome
+    assert isinstance(error, UnknownVersion), error
+    registry = ModelRegistry(redis_conn, keys, settings.models_dir)
+    assert registry.current_version() == current
+    assert [listed.version for listed in registry.list_versions()] == [current]
