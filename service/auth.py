@@ -60,3 +60,8 @@ def require_inference(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(INFERENCE)],
 ) -> None:
     _check(request.app.state.settings.inference_token, credentials, "inference")
+
+
+async def check_inference_token(request: Request) -> None:
+    """`require_inference` for an endpoint that FastAPI resolves no dependency for."""
+    _check(request.app.state.settings.inference_token, await INFERENCE(request), "inference")

@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from mas_stream.store.registry import LoadedVersion
-from service.auth import require_inference
-from service.context import Runtime, RuntimeDep
+from service.auth import check_inference_token, require_inference
+from service.context import Runtime, RuntimeDep, get_runtime
+from service.direct_route import DirectRoute
 from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
 from service.oip_inputs import INPUT_NAME, InferInput, input_values
@@ -187,26 +188,30 @@ _INFERRED: Responses = {
     **oip_errors(400, 404, 422, 503),
 }
 _INFER_ROUTE: dict[str, Any] = {
+    "methods": ["POST"],
+    "route_class_override": DirectRoute,
     "response_model": InferResponse,
     "responses": _INFERRED,
     "openapi_extra": _INFER_BODY,
-    "dependencies": [Depends(require_inference)],
+    "dependencies": [Depends(require_inference)],  # for the document: the endpoint checks it
 }
 
 
-@router.post("/models/{name}/infer", **_INFER_ROUTE)
-async def infer(name: str, request: Request, runtime: RuntimeDep) -> Response:
-    return await _infer(runtime, request, name, None)
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
-async def version_infer(
-    name: str, version: VersionPath, request: Request, runtime: RuntimeDep
-) -> Response:
-    return await _infer(runtime, request, name, version)
+async def version_infer(request: Request, name: str, version: VersionPath) -> Response:
+    return await _infer(request, name, version)
 
 
-async def _infer(runtime: Runtime, request: Request, name: str, version: str | None) -> Response:
+router.add_api_route("/models/{name}/infer", infer, **_INFER_ROUTE)
+router.add_api_route("/models/{name}/versions/{version}/infer", version_infer, **_INFER_ROUTE)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    await check_inference_token(request)
+    runtime = get_runtime(request)
     loaded = _served_model(runtime, name, version)
     body, binary, size = await _read_request(request)
     parameters = body.parameters or {}
