@@ -107,12 +107,19 @@ def test_two_processes_match_one_and_publish_one_version(
     assert list((tmp_path / "two" / "data" / "training").iterdir()) == []
 
 
+def _long_ddp_job(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
+) -> tuple[Settings, TrainerStores, str]:
+    """Two-process settings and a queued job far too long to finish during a test."""
+    settings = _settings(tmp_path, keys, redis_url, 2)
+    stores = TrainerStores.open(settings, redis_conn, keys)
+    return settings, stores, upload(stores, "task0", *digits_task(0), epochs=2000)
+
+
 def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
     tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
 ) -> None:
-    settings = _settings(tmp_path, keys, redis_url, 2)
-    stores = TrainerStores.open(settings, redis_conn, keys)
-    job = upload(stores, "task0", *digits_task(0), epochs=2000)
+    settings, stores, job = _long_ddp_job(tmp_path, keys, redis_url, redis_conn)
     trainer = make_trainer(settings, redis_conn, keys)
     runner = threading.Thread(target=trainer.run_once, kwargs={"block_ms": 2000})
     runner.start()
@@ -135,9 +142,7 @@ def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
 def test_a_killed_trainers_bundle_is_removed_when_a_trainer_starts(
     tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
 ) -> None:
-    settings = _settings(tmp_path, keys, redis_url, 2)
-    stores = TrainerStores.open(settings, redis_conn, keys)
-    job = upload(stores, "task0", *digits_task(0), epochs=2000)
+    settings, stores, job = _long_ddp_job(tmp_path, keys, redis_url, redis_conn)
     env = worker_env(
         redis_url, keys, settings.data_dir, job_lease_ms="1000", trainer_metrics_port="0"
     )
