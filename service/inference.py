@@ -167,10 +167,12 @@ class MicroBatcher:
 
     async def predict(self, loaded: LoadedVersion, task: str, inputs: torch.Tensor) -> np.ndarray:
         """Softmax probabilities [n, classes] for `inputs` [n, *input_shape] (float32, CPU)."""
+        if len(inputs) <= self._max_batch:  # the common case; a split costs a tenth of a request
+            return await self._answer_slice(loaded, task, inputs)
         parts = [
             await self._answer_slice(loaded, task, part) for part in inputs.split(self._max_batch)
         ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return np.concatenate(parts)
 
     async def _answer_slice(
         self, loaded: LoadedVersion, task: str, inputs: torch.Tensor
