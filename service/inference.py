@@ -167,7 +167,7 @@ class MicroBatcher:
 
     async def predict(self, loaded: LoadedVersion, task: str, inputs: torch.Tensor) -> np.ndarray:
         """Softmax probabilities [n, classes] for `inputs` [n, *input_shape] (float32, CPU)."""
-        if len(inputs) <= self._max_batch:  # the common case; a split costs a tenth of a request
+        if len(inputs) <= self._max_batch:  # the common case: no split, no concatenation
             return await self._answer_slice(loaded, task, inputs)
         parts = [
             await self._answer_slice(loaded, task, part) for part in inputs.split(self._max_batch)
