@@ -105,6 +105,7 @@ class SampleForwarder:
         if len(rows) == 0:
             return
         with self._wake:
+            was_empty = not self._buffer
             room = self._capacity - self._buffered
             if room < len(rows):
                 self._dropped[DROP_BUFFER_FULL] += len(rows) - max(room, 0)
@@ -116,7 +117,9 @@ class SampleForwarder:
                     Sample(version, task, rows[start : start + self._rows_per_write])
                 )
             self._buffered += len(rows)
-            if len(rows):
+            # The drainer waits for the first rows, then for a write's worth or the flush time:
+            # only those moments wake it, not every request (a wake is a GIL hand-off).
+            if len(rows) and (was_empty or self._buffered >= self._rows_per_write):
                 self._wake.notify()
 
     def _take(self) -> list[Sample]:
