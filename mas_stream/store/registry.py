@@ -135,11 +135,14 @@ class ModelRegistry:
         # Before the files move: an activation that found them is refused from here on.
         self._redis.sadd(self._keys.withdrawn_versions, version)
         with self._staging.owned(f".v{version}.", create=False) as aside:
-            os.rename(directory, aside)
+            moved = False
             try:
+                os.rename(directory, aside)
+                moved = True
                 yield
             except BaseException:
-                os.rename(aside, directory)
+                if moved:
+                    os.rename(aside, directory)
                 self._redis.srem(self._keys.withdrawn_versions, version)
                 raise
             shutil.rmtree(aside)

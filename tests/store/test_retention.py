@@ -14,6 +14,7 @@ import redis
 from mas_stream.records.job import JobParams, JobStatus
 from mas_stream.records.task import TaskOrigin
 from mas_stream.settings import Settings
+from mas_stream.store import registry as registry_module
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
@@ -217,3 +218,22 @@ def test_an_activation_that_saw_a_version_before_its_delete_is_refused(
     registry = ModelRegistry(redis_conn, keys, settings.models_dir)
     assert registry.current_version() == current
     assert [listed.version for listed in registry.list_versions()] == [current]
+
+
+def test_a_delete_that_could_not_move_the_files_leaves_the_version_activatable(
+    settings: Settings, redis_conn: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = publish(settings, {"t0": 3})
+    current = publish(settings, {"t0": 3}, seed=1)
+
+    def refuse(source: object, target: object) -> None:
+        raise PermissionError("read-only volume")
+
+    monkeypatch.setattr(registry_module.os, "rename", refuse)
+    with pytest.raises(PermissionError):
+        retention(settings, redis_conn, keys, keep=1).delete_version(old)
+    monkeypatch.undo()
+    registry = ModelRegistry(redis_conn, keys, settings.models_dir)
+    assert [listed.version for listed in registry.list_versions()] == [old, current]
+    registry.activate(old)
+    assert registry.current_version() == old
