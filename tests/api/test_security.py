@@ -125,7 +125,8 @@ def test_an_inference_route_takes_the_inference_token_only(
 def test_a_guarded_route_checks_the_token_before_it_reads_the_body(
     guarded: Guarded, method: str, path: str
 ) -> None:
-    """A client without the token learns nothing of the body's parsing, and costs no parse."""
+    """A client without the token is refused before its body is parsed: 401, never the 422 of
+    malformed JSON or the 415 of a wrong content type."""
     for content_type in ("application/json", "text/plain", "multipart/form-data; boundary=x"):
         response = httpx.request(
             method, guarded.url(path), content=b"{not json", headers={"content-type": content_type}
