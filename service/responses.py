@@ -50,3 +50,12 @@ def errors(*statuses: int, body: type[BaseModel] = ErrorBody) -> Responses:
 def oip_errors(*statuses: int) -> Responses:
     """The same, with the Open Inference Protocol's error body (every route under /v2)."""
     return errors(*statuses, body=OipErrorBody)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its JSON body itself: the body, by reference (the
+    model joins the document's components through `service.app.HAND_PARSED_BODIES`)."""
+    reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
+    }

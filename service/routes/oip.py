@@ -26,7 +26,7 @@ from service.errors import ApiError, parse_json, parse_model
 from service.inference import Prediction
 from service.oip_inputs import INPUT_NAME, InferInput, input_values
 from service.request_body import LARGE_BODY_BYTES, read_body
-from service.responses import Responses, oip_errors
+from service.responses import Responses, json_body, oip_errors
 from service.schemas import (
     VERSION_NUMBER,
     InferResponse,
@@ -173,12 +173,6 @@ def _readiness(runtime: Runtime, name: str, version: str | None) -> JSONResponse
     return JSONResponse({"name": name, "ready": ready}, 200 if ready else 400)
 
 
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
-    }
-}
 _INFERRED: Responses = {
     200: {
         "description": f"JSON, or with binary outputs: the JSON header ({HEADER_LENGTH} bytes, "
@@ -192,7 +186,7 @@ _INFER_ROUTE: dict[str, Any] = {
     "route_class_override": DirectRoute,
     "response_model": InferResponse,
     "responses": _INFERRED,
-    "openapi_extra": _INFER_BODY,
+    "openapi_extra": json_body(InferRequest),
     "dependencies": [Depends(require_inference)],  # for the document: the endpoint checks it
 }
 

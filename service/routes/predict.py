@@ -11,7 +11,7 @@ from service.auth import check_inference_token, require_inference
 from service.context import get_runtime
 from service.direct_route import DirectRoute
 from service.request_body import read_json
-from service.responses import errors
+from service.responses import errors, json_body
 
 router = APIRouter(tags=["predict"], route_class=DirectRoute)
 
@@ -40,14 +40,7 @@ class PredictResponse(BaseModel):
     response_model=PredictResponse,
     dependencies=[Depends(require_inference)],  # for the document: the endpoint checks it
     responses=errors(415, 422, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body(PredictRequest),
 )
 async def predict(request: Request) -> Response:
     await check_inference_token(request)
