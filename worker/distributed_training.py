@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -110,14 +109,11 @@ class DistributedTrainer:
     ) -> TrainResult:
         started = time.perf_counter()
         with self.bundles.owned(f"{task}.", create=True) as bundle:
-            try:
-                device = next(model.parameters()).device
-                write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
-                with Torchrun(self._command(bundle)) as torchrun:
-                    outcome = torchrun.follow(on_progress, should_stop or (lambda: False))
-                model.load_state_dict(read_trained(bundle), strict=True)
-            finally:
-                shutil.rmtree(bundle, ignore_errors=True)
+            device = next(model.parameters()).device
+            write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
+            with Torchrun(self._command(bundle)) as torchrun:
+                outcome = torchrun.follow(on_progress, should_stop or (lambda: False))
+            model.load_state_dict(read_trained(bundle), strict=True)
         steps, final_loss = int(outcome["steps"]), float(outcome["final_loss"])
         return TrainResult(steps, final_loss, time.perf_counter() - started)
 

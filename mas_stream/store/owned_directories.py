@@ -56,7 +56,8 @@ class OwnedDirectories:
     @contextmanager
     def owned(self, prefix: str, *, create: bool) -> Iterator[Path]:
         """A fresh name under `root`, this process's until the block ends: made into an empty
-        directory, or (`create=False`) left for the caller to rename a directory to."""
+        directory, or (`create=False`) left for the caller to rename a directory to. Whatever is
+        still there when the block ends, however it ends, is removed."""
         self.root.mkdir(parents=True, exist_ok=True)
         owner = f"{prefix}{os.getpid()}@{host_name()}."
         with _OWN_LOCK:
@@ -68,6 +69,7 @@ class OwnedDirectories:
         try:
             yield path
         finally:
+            shutil.rmtree(path, ignore_errors=True)
             _OWN.discard(path.name)
 
     def remove_abandoned(self) -> list[Path]:

@@ -98,24 +98,20 @@ class ModelRegistry:
         """Writes a new version without activating it; returns its number."""
         version = self._allocate_version()
         with self._staging.owned(f".v{version}.", create=True) as staging:
-            try:
-                manifest = VersionManifest(
-                    version=version,
-                    parent=parent,
-                    created_at=time.time(),
-                    metrics=metrics,
-                    info=info,
-                    spec=model.spec,
-                    tasks=dict(model.tasks),
-                )
-                save_model(model, staging, manifest, extra_tensors)
-                for path in staging.iterdir():
-                    path.chmod(_READ_ONLY_FILE_MODE)
-                staging.chmod(_VERSION_DIRECTORY_MODE)
-                os.rename(staging, self._directory(version))
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            manifest = VersionManifest(
+                version=version,
+                parent=parent,
+                created_at=time.time(),
+                metrics=metrics,
+                info=info,
+                spec=model.spec,
+                tasks=dict(model.tasks),
+            )
+            save_model(model, staging, manifest, extra_tensors)
+            for path in staging.iterdir():
+                path.chmod(_READ_ONLY_FILE_MODE)
+            staging.chmod(_VERSION_DIRECTORY_MODE)
+            os.rename(staging, self._directory(version))
         fsync_directory(self._models_dir)
         return version
 
