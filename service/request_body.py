@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from service.errors import ApiError, Model, parse_json, parse_model
+from service.forms import media_type
 
 # Bodies from this size on are decoded and validated on a worker thread, not the event loop.
 LARGE_BODY_BYTES = 1 << 20
@@ -57,6 +58,6 @@ async def read_json(request: Request, model: type[Model]) -> Model:
 def _is_json_content_type(request: Request) -> bool:
     """As FastAPI decides whether to parse a declared body as JSON: no type, application/json
     or application/*+json."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request)
     main, _, sub = content_type.partition("/")
     return not content_type or (main == "application" and (sub == "json" or sub.endswith("+json")))
