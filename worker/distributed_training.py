@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 _POLL_S: Final = 0.1
 # How long torchrun gets to end its ranks after SIGTERM before its group is killed.
 _STOP_GRACE_S: Final = 10.0
-_STDERR_LINES: Final = 20
+# Enough for a rank's traceback and, after it, torchrun's summary table (17 lines a rank).
+_STDERR_LINES: Final = 80
 # A bundle is named after its task (letters, digits, '-' and '_') and then its owner.
 _BUNDLE_PREFIX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]*\."
 
@@ -183,7 +184,7 @@ class Torchrun:
     ) -> dict[str, Any]:
         """Passes rank 0's progress on until the run ends; its final event. TrainingStopped
         as soon as `should_stop`, TrainingDiverged when the loss did, RuntimeError (with the
-        tail of stderr) when torchrun failed."""
+        tail of stderr) when torchrun failed before rank 0 had written the trained weights."""
         outcome: dict[str, Any] = {}
         step, total_steps = 0, 0
         while True:
@@ -203,7 +204,11 @@ class Torchrun:
             else:
                 outcome = event
         if self.process.wait() != 0:
-            raise RuntimeError(self.failure())
+            if not outcome.get("done"):
+                raise RuntimeError(self.failure())
+            # Rank 0 wrote the weights after every rank's last all-reduce, so they are the
+            # whole run's: a rank that crashed while tearing down takes nothing from them.
+            log.warning("kept the trained weights of a run that then failed: %s", self.failure())
         if "diverged" in outcome:
             raise TrainingDiverged(str(outcome["diverged"]))
         if not outcome.get("done"):

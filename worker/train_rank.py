@@ -121,6 +121,9 @@ def train(bundle: Path) -> None:
         if leader:
             write_trained(bundle, run.model)
             emit({"done": True, "steps": result.steps, "final_loss": result.final_loss})
+        # No rank tears its connections down while rank 0 still writes: a failure in teardown
+        # then comes after the result, which the trainer keeps.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

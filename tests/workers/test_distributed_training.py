@@ -175,15 +175,22 @@ def _python(*lines: str) -> list[str]:
     return [sys.executable, "-c", "\n".join(["import sys", *lines])]
 
 
-def test_a_failed_run_reports_its_stderr_and_a_diverged_one_diverges() -> None:
+def test_a_run_fails_with_its_stderr_diverges_or_keeps_weights_written_before_a_crash() -> None:
     step = json.dumps({"epoch": 0, "step": 1, "total_steps": 4, "loss": 0.5})
+    # A rank's own error, then torchrun's summary table of every rank's exit (17 lines a rank).
     failing = _python(
-        f"print({step!r})", "print('rank 1: CUDA error', file=sys.stderr)", "sys.exit(3)"
+        f"print({step!r})",
+        "print('rank 1: CUDA error', file=sys.stderr)",
+        "[print(f'torchrun summary line {n}', file=sys.stderr) for n in range(34)]",
+        "sys.exit(3)",
     )
     seen: list[float] = []
     with Torchrun(failing) as run, pytest.raises(RuntimeError, match=r"status 3: .*CUDA error"):
         run.follow(lambda progress: seen.append(progress.fraction), lambda: False)
     assert seen == [0.25]
+    done = json.dumps({"done": True, "steps": 4, "final_loss": 0.1})
+    with Torchrun(_python(f"print({done!r})", "sys.exit(3)")) as run:
+        assert run.follow(None, lambda: False)["steps"] == 4
     diverged = json.dumps({"diverged": "loss is nan at step 3 of 4"})
     noisy = _python("print('a library prints')", f"print({diverged!r})")
     with Torchrun(noisy) as run, pytest.raises(TrainingDiverged, match="nan at step 3"):
