@@ -7,13 +7,11 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
 
 from mas_stream.settings import Settings
 from service.context import build_runtime
 from service.docs import install_docs
 from service.errors import install_error_handlers
-from service.intake import TaskUpload
 from service.limits import BodySizeLimit, refuse_declared_oversize
 from service.metrics import HttpMetricsMiddleware, RuntimeCollector, ServiceMetrics
 from service.openapi import document
@@ -24,13 +22,6 @@ Serves a continually learning model, learns from its traffic which parameters ma
 Aware Synapses), and trains new tasks POSTed to `/v1/tasks` without forgetting the old ones.
 Every error is `{"error": {"field", "message"}}` (on `/v2`: `{"error": "<field>: <message>"}`).
 """
-
-# Bodies that routes read themselves (multi-format or binary) and describe by reference.
-HAND_PARSED_BODIES: tuple[type[BaseModel], ...] = (
-    TaskUpload,
-    oip.InferRequest,
-    predict.PredictRequest,
-)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,5 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (predict, oip, tasks, jobs, models, imports, importance, health):
         app.include_router(module.router)
     install_docs(app)
-    app.openapi = document(app, settings, HAND_PARSED_BODIES)  # type: ignore[method-assign]
+    app.openapi = document(app, settings)  # type: ignore[method-assign]
     return app

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from mas.data import FLOAT32_MAX
 from mas_stream.settings import Settings
 from service.auth import TOKEN_SETTINGS
-from service.responses import errors, oip_errors
+from service.responses import HAND_PARSED_BODIES, errors, oip_errors
 
 Schema = dict[str, Any]
 FASTAPI_422 = "HTTPValidationError"
@@ -30,15 +30,13 @@ NUMBER: Schema = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_
 ROWS_AT = (("TaskUpload", "inputs"), ("PredictRequest", "inputs"))
 
 
-def document(
-    app: FastAPI, settings: Settings, extra: tuple[type[BaseModel], ...]
-) -> Callable[[], Schema]:
+def document(app: FastAPI, settings: Settings) -> Callable[[], Schema]:
     """The replacement of `app.openapi`."""
     generate = app.openapi
 
     def openapi() -> Schema:
         if app.openapi_schema is None:
-            app.openapi_schema = _completed(generate(), settings, extra)
+            app.openapi_schema = _completed(generate(), settings)
         served = getattr(app.state, "runtime", None)
         loaded = served.served.current if served is not None else None
         if loaded is None:
@@ -50,9 +48,9 @@ def document(
     return openapi
 
 
-def _completed(schema: Schema, settings: Settings, extra: tuple[type[BaseModel], ...]) -> Schema:
+def _completed(schema: Schema, settings: Settings) -> Schema:
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in extra:
+    for model in HAND_PARSED_BODIES.values():
         _add_component(schemas, model)
     _keep_configured_security(schema, settings)
     for path, operation in _operations(schema):

@@ -52,10 +52,22 @@ def oip_errors(*statuses: int) -> Responses:
     return errors(*statuses, body=OipErrorBody)
 
 
+# The bodies routes read themselves (multi-format or binary), by name: FastAPI documents only
+# the bodies it parses, so `service.openapi` adds these to the components their references name.
+HAND_PARSED_BODIES: dict[str, type[BaseModel]] = {}
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, str]:
+    """The schema of a body a route reads itself: a reference to `model`'s component."""
+    HAND_PARSED_BODIES[model.__name__] = model
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` of a route that reads its JSON body itself: the body, by reference (the
-    model joins the document's components through `service.app.HAND_PARSED_BODIES`)."""
-    reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+    """`openapi_extra` of a route that reads its JSON body itself."""
     return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema(model)}},
+        }
     }

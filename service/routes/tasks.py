@@ -18,7 +18,7 @@ from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
 from service.forms import media_type, parsed_form
 from service.intake import TaskUpload, TrainingOptions
-from service.responses import errors
+from service.responses import body_schema, errors
 from service.schemas import TASK_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -56,7 +56,7 @@ _SUBMIT_BODY = {
                     "additionalProperties": False,
                 }
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/TaskUpload"}},
+            "application/json": {"schema": body_schema(TaskUpload)},
         },
     }
 }
