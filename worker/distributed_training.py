@@ -51,8 +51,16 @@ _POLL_S: Final = 0.1
 _STOP_GRACE_S: Final = 10.0
 # Enough for a rank's traceback and, after it, torchrun's summary table (17 lines a rank).
 _STDERR_LINES: Final = 80
+# A run that fails (a rank dies) is tried this many times, each with a fresh torchrun: a crash
+# is a job's failure only when it repeats. (torchrun's own --max-restarts restarts the ranks
+# on its old rendezvous, where a restarted gloo rank could not reach its peer.)
+_ATTEMPTS: Final = 2
 # A bundle is named after its task (letters, digits, '-' and '_') and then its owner.
 _BUNDLE_PREFIX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]*\."
+
+
+class RunFailed(RuntimeError):
+    """torchrun failed before rank 0 had written the trained weights."""
 
 
 class TaskTrainer(Protocol):
@@ -112,11 +120,33 @@ class DistributedTrainer:
         with self.bundles.owned(f"{task}.", create=True) as bundle:
             device = next(model.parameters()).device
             write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
-            with Torchrun(self._command(bundle)) as torchrun:
-                outcome = torchrun.follow(on_progress, should_stop or (lambda: False))
+            outcome = self._run(bundle, on_progress, should_stop or (lambda: False))
             model.load_state_dict(read_trained(bundle), strict=True)
         steps, final_loss = int(outcome["steps"]), float(outcome["final_loss"])
         return TrainResult(steps, final_loss, time.perf_counter() - started)
+
+    def _run(
+        self,
+        bundle: Path,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> dict[str, Any]:
+        """Rank 0's final event; a failed run is started again from the bundle, from step 0."""
+        for attempt in range(1, _ATTEMPTS):
+            try:
+                return self._attempt(bundle, on_progress, should_stop)
+            except RunFailed as error:
+                log.warning("training run %d of %d failed; again: %s", attempt, _ATTEMPTS, error)
+        return self._attempt(bundle, on_progress, should_stop)
+
+    def _attempt(
+        self,
+        bundle: Path,
+        on_progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> dict[str, Any]:
+        with Torchrun(self._command(bundle)) as torchrun:
+            return torchrun.follow(on_progress, should_stop)
 
     def _command(self, bundle: Path) -> list[str]:
         return [
@@ -183,7 +213,7 @@ class Torchrun:
         should_stop: Callable[[], bool],
     ) -> dict[str, Any]:
         """Passes rank 0's progress on until the run ends; its final event. TrainingStopped
-        as soon as `should_stop`, TrainingDiverged when the loss did, RuntimeError (with the
+        as soon as `should_stop`, TrainingDiverged when the loss did, RunFailed (with the
         tail of stderr) when torchrun failed before rank 0 had written the trained weights."""
         outcome: dict[str, Any] = {}
         step, total_steps = 0, 0
@@ -205,14 +235,14 @@ class Torchrun:
                 outcome = event
         if self.process.wait() != 0:
             if not outcome.get("done"):
-                raise RuntimeError(self.failure())
+                raise RunFailed(self.failure())
             # Rank 0 wrote the weights after every rank's last all-reduce, so they are the
             # whole run's: a rank that crashed while tearing down takes nothing from them.
             log.warning("kept the trained weights of a run that then failed: %s", self.failure())
         if "diverged" in outcome:
             raise TrainingDiverged(str(outcome["diverged"]))
         if not outcome.get("done"):
-            raise RuntimeError(f"rank 0 ended without its weights; {self.failure()}")
+            raise RunFailed(f"rank 0 ended without its weights; {self.failure()}")
         return outcome
 
     def failure(self) -> str:

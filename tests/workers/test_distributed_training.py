@@ -1,7 +1,7 @@
 """MAS_TRAIN_PROCS=2: the trainer runs a job as a torchrun DDP job of two gloo processes, against
-real Redis and real digits, and the result is the single-process one; a cancelled DDP job stops
-its ranks, publishes nothing and leaves no bundle behind; a killed trainer's bundle is removed
-when a trainer starts."""
+real Redis and real digits, and the result is the single-process one; a run whose rank dies is
+run again; a cancelled DDP job stops its ranks, publishes nothing and leaves no bundle behind; a
+killed trainer's bundle is removed when a trainer starts."""
 
 from __future__ import annotations
 
@@ -136,6 +136,38 @@ def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
     assert stores.registry.list_versions() == [] and stores.registry.current_version() is None
     assert not any(_group_alive(group) for group in set(processes.values()))
     assert _training_processes(settings.data_dir) == {}
+    assert list((settings.data_dir / "training").iterdir()) == []
+
+
+def _ranks(data_dir: Path) -> list[int]:
+    """The rank processes of the run under `data_dir`, torchrun itself left out."""
+    return [
+        pid
+        for pid in _training_processes(data_dir)
+        if b"torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_a_rank_that_dies_mid_run_is_started_again_with_the_whole_run(
+    tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    settings = _settings(tmp_path, keys, redis_url, 2)
+    stores = TrainerStores.open(settings, redis_conn, keys)
+    job = upload(stores, "task0", *digits_task(0), epochs=60)
+    runner = threading.Thread(target=make_trainer(settings, redis_conn, keys).run_once)
+    runner.start()
+    try:
+        wait_until(lambda: progress(stores, job) > 0, timeout=60)
+        ranks = _ranks(settings.data_dir)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGABRT)  # as a C++ abort in a rank would
+        wait_until(lambda: not set(ranks) & set(_ranks(settings.data_dir)), timeout=30)
+    finally:
+        runner.join(300)
+    record = stores.jobs.get(job)
+    assert record is not None and record.status == "succeeded", record.error
+    assert record.result is not None and record.result.version == 1
+    assert record.progress == 1.0
     assert list((settings.data_dir / "training").iterdir()) == []
 
 
