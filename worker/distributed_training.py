@@ -132,21 +132,17 @@ class DistributedTrainer:
         should_stop: Callable[[], bool],
     ) -> dict[str, Any]:
         """Rank 0's final event; a failed run is started again from the bundle, from step 0."""
-        for attempt in range(1, _ATTEMPTS):
-            try:
-                return self._attempt(bundle, on_progress, should_stop)
-            except RunFailed as error:
-                log.warning("training run %d of %d failed; again: %s", attempt, _ATTEMPTS, error)
-        return self._attempt(bundle, on_progress, should_stop)
 
-    def _attempt(
-        self,
-        bundle: Path,
-        on_progress: Callable[[Progress], None] | None,
-        should_stop: Callable[[], bool],
-    ) -> dict[str, Any]:
-        with Torchrun(self._command(bundle)) as torchrun:
-            return torchrun.follow(on_progress, should_stop)
+        def attempt() -> dict[str, Any]:
+            with Torchrun(self._command(bundle)) as torchrun:
+                return torchrun.follow(on_progress, should_stop)
+
+        for number in range(1, _ATTEMPTS):
+            try:
+                return attempt()
+            except RunFailed as error:
+                log.warning("training run %d of %d failed; again: %s", number, _ATTEMPTS, error)
+        return attempt()
 
     def _command(self, bundle: Path) -> list[str]:
         return [
