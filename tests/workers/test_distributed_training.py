@@ -62,8 +62,9 @@ def _learn_two_tasks(
     return stores, job
 
 
-def _training_processes(data_dir: Path) -> dict[int, int]:
-    """pid → process group of torchrun and its ranks working on a bundle under `data_dir`."""
+def _training_processes(data_dir: Path, *, ranks_only: bool = False) -> dict[int, int]:
+    """pid → process group of torchrun and its ranks working on a bundle under `data_dir` (of the
+    ranks alone, with `ranks_only`)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -73,7 +74,11 @@ def _training_processes(data_dir: Path) -> dict[int, int]:
             group = os.getpgid(int(entry.name))
         except (OSError, ProcessLookupError):
             continue
-        if b"worker.train_rank" in command and any(str(data_dir).encode() in a for a in command):
+        if b"worker.train_rank" not in command:
+            continue
+        if ranks_only and b"torch.distributed.run" in command:  # torchrun's own
+            continue
+        if any(str(data_dir).encode() in a for a in command):
             found[int(entry.name)] = group
     return found
 
@@ -139,15 +144,6 @@ def test_cancelled_ddp_job_stops_its_ranks_and_publishes_nothing(
     assert list((settings.data_dir / "training").iterdir()) == []
 
 
-def _ranks(data_dir: Path) -> list[int]:
-    """The rank processes of the run under `data_dir`, torchrun itself left out."""
-    return [
-        pid
-        for pid in _training_processes(data_dir)
-        if b"torch.distributed.run" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-
-
 def test_a_rank_that_dies_mid_run_is_started_again_with_the_whole_run(
     tmp_path: Path, keys: Keys, redis_url: str, redis_conn: redis.Redis
 ) -> None:
@@ -158,10 +154,13 @@ def test_a_rank_that_dies_mid_run_is_started_again_with_the_whole_run(
     runner.start()
     try:
         wait_until(lambda: progress(stores, job) > 0, timeout=60)
-        ranks = _ranks(settings.data_dir)
+        ranks = list(_training_processes(settings.data_dir, ranks_only=True))
         assert len(ranks) == 2, ranks
         os.kill(ranks[1], signal.SIGABRT)  # as a C++ abort in a rank would
-        wait_until(lambda: not set(ranks) & set(_ranks(settings.data_dir)), timeout=30)
+        wait_until(
+            lambda: not set(ranks) & set(_training_processes(settings.data_dir, ranks_only=True)),
+            timeout=30,
+        )
     finally:
         runner.join(300)
     record = stores.jobs.get(job)
