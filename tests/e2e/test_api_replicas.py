@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from mas_stream.bench.suites import load_suite
@@ -68,6 +69,32 @@ def served_by_every_replica(url: str, pids: set[int], version: int) -> bool:
     return serving.keys() >= pids and set(serving.values()) == {version}
 
 
+def predict_on_fresh_connections(url: str, x: np.ndarray) -> tuple[Counter[int], int]:
+    """(requests answered per replica pid, rows sent): rows of 1 or 2 for version 1, each
+    request on a connection of its own, so the kernel spreads them over the replicas."""
+    answered: Counter[int] = Counter()
+    rows = 0
+    for i in range(REQUESTS):
+        batch = x[rows % (len(x) - 2) :][: 1 + i % 2]
+        body = {"task": "d01", "inputs": batch.tolist()}
+        pid, answer = on_fresh_connection(url, "POST", "/v1/predict", body)
+        assert answer["model_version"] == 1
+        answered[pid] += 1
+        rows += len(batch)
+    return answered, rows
+
+
+def scrape_every_replica(url: str, pids: set[int]) -> dict[int, str]:
+    """/metrics as each replica answers it, from fresh connections until every pid answered."""
+    scraped_by: dict[int, str] = {}
+    for _ in range(50 * REPLICAS):
+        pid, text = on_fresh_connection(url, "GET", "/metrics")
+        scraped_by[pid] = text
+        if scraped_by.keys() >= pids:
+            break
+    return scraped_by
+
+
 def test_two_replicas_count_each_row_once_sum_metrics_and_follow_an_activation(
     tmp_path: Path,
 ) -> None:
@@ -78,17 +105,8 @@ def test_two_replicas_count_each_row_once_sum_metrics_and_follow_an_activation(
         job = client.submit_task("d01", first.x_train.numpy(), first.y_train.numpy())
         assert client.wait_for_job(job["job_id"], timeout=120).status == "succeeded"
 
-        # Rows of 1 or 2, each request on a connection of its own: the kernel spreads them.
         x = first.x_test.numpy()
-        answered: Counter[int] = Counter()
-        rows = 0
-        for i in range(REQUESTS):
-            batch = x[rows % (len(x) - 2) :][: 1 + i % 2]
-            body = {"task": "d01", "inputs": batch.tolist()}
-            pid, answer = on_fresh_connection(url, "POST", "/v1/predict", body)
-            assert answer["model_version"] == 1
-            answered[pid] += 1
-            rows += len(batch)
+        answered, rows = predict_on_fresh_connections(url, x)
         assert len(answered) == REPLICAS, answered
         assert min(answered.values()) >= REQUESTS // 20, answered
         pids = set(answered)
@@ -103,12 +121,7 @@ def test_two_replicas_count_each_row_once_sum_metrics_and_follow_an_activation(
         assert counted() == rows
 
         # Either replica's scrape sums both: requests now, forwarded rows once mirrored.
-        scraped_by: dict[int, str] = {}
-        for _ in range(50 * REPLICAS):
-            pid, text = on_fresh_connection(url, "GET", "/metrics")
-            scraped_by[pid] = text
-            if scraped_by.keys() >= pids:
-                break
+        scraped_by = scrape_every_replica(url, pids)
         assert scraped_by.keys() == pids
         for text in scraped_by.values():
             predicts = metric(text, "mas_http_requests_total", route="/v1/predict", method="POST")
