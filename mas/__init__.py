@@ -1,70 +1,95 @@
-"""Memory Aware Synapses: importance, penalty, training and peers, in plain PyTorch (no I/O)."""
+"""Memory Aware Synapses: importance, penalty, training and peers, in plain PyTorch (no I/O).
 
-from mas.accumulator import ImportanceAccumulator
-from mas.boundary import (
-    Boundary,
-    GateDecision,
-    RetentionGate,
-    consolidate,
-    cross_boundary,
-    evaluate_tasks,
-)
-from mas.data import (
-    DataValidationError,
-    TaskSplit,
-    validate_inputs,
-    validate_task_arrays,
-    validate_task_name,
-)
-from mas.importance import compute_importance, importance_sums
-from mas.metrics import average_accuracy, average_forgetting, backward_transfer
-from mas.model import MultiHeadNet, build_model
-from mas.penalty import QuadraticAnchor
-from mas.per_sample import per_sample_gradient_sums
-from mas.strategies import STRATEGIES, make_strategy
-from mas.training import (
-    Progress,
-    TrainConfig,
-    TrainingDiverged,
-    TrainingStopped,
-    TrainResult,
-    evaluate,
-    predict_proba,
-    train_task,
-    train_tasks,
-)
+Each public name loads its module on first use (PEP 562), so what needs only the torch-free
+`mas.limits` (the service's client and its records) starts without loading torch."""
 
-__all__ = [
-    "STRATEGIES",
-    "Boundary",
-    "DataValidationError",
-    "GateDecision",
-    "ImportanceAccumulator",
-    "MultiHeadNet",
-    "Progress",
-    "QuadraticAnchor",
-    "RetentionGate",
-    "TaskSplit",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDiverged",
-    "TrainingStopped",
-    "average_accuracy",
-    "average_forgetting",
-    "backward_transfer",
-    "build_model",
-    "compute_importance",
-    "consolidate",
-    "cross_boundary",
-    "evaluate",
-    "evaluate_tasks",
-    "importance_sums",
-    "make_strategy",
-    "per_sample_gradient_sums",
-    "predict_proba",
-    "train_task",
-    "train_tasks",
-    "validate_inputs",
-    "validate_task_arrays",
-    "validate_task_name",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mas.accumulator import ImportanceAccumulator
+    from mas.boundary import (
+        Boundary,
+        GateDecision,
+        RetentionGate,
+        consolidate,
+        cross_boundary,
+        evaluate_tasks,
+    )
+    from mas.data import (
+        DataValidationError,
+        TaskSplit,
+        validate_inputs,
+        validate_task_arrays,
+        validate_task_name,
+    )
+    from mas.importance import compute_importance, importance_sums
+    from mas.metrics import average_accuracy, average_forgetting, backward_transfer
+    from mas.model import MultiHeadNet, build_model
+    from mas.penalty import QuadraticAnchor
+    from mas.per_sample import per_sample_gradient_sums
+    from mas.strategies import STRATEGIES, make_strategy
+    from mas.training import (
+        Progress,
+        TrainConfig,
+        TrainingDiverged,
+        TrainingStopped,
+        TrainResult,
+        evaluate,
+        predict_proba,
+        train_task,
+        train_tasks,
+    )
+
+# The same names by module, for the loader; tests/core/test_core_boundary.py keeps the two equal.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "mas.accumulator": ("ImportanceAccumulator",),
+    "mas.boundary": (
+        "Boundary",
+        "GateDecision",
+        "RetentionGate",
+        "consolidate",
+        "cross_boundary",
+        "evaluate_tasks",
+    ),
+    "mas.data": (
+        "DataValidationError",
+        "TaskSplit",
+        "validate_inputs",
+        "validate_task_arrays",
+        "validate_task_name",
+    ),
+    "mas.importance": ("compute_importance", "importance_sums"),
+    "mas.metrics": ("average_accuracy", "average_forgetting", "backward_transfer"),
+    "mas.model": ("MultiHeadNet", "build_model"),
+    "mas.penalty": ("QuadraticAnchor",),
+    "mas.per_sample": ("per_sample_gradient_sums",),
+    "mas.strategies": ("STRATEGIES", "make_strategy"),
+    "mas.training": (
+        "Progress",
+        "TrainConfig",
+        "TrainingDiverged",
+        "TrainingStopped",
+        "TrainResult",
+        "evaluate",
+        "predict_proba",
+        "train_task",
+        "train_tasks",
+    ),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'mas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

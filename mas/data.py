@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -10,10 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-# Most classes one task may have, declared or implied by its largest label: each is a head row.
-MAX_CLASSES = 100_000
+from mas.limits import FLOAT32_MAX, MAX_CLASSES, TASK_NAME
 
 
 class DataValidationError(ValueError):

@@ -24,8 +24,8 @@ from prometheus_client import (
     start_http_server,
 )
 
-from mas_stream.settings import Settings
-from mas_stream.startup import cannot_listen, load_settings, variable_of
+from mas_stream.settings import Settings, load_settings, variable_of
+from mas_stream.startup import cannot_listen
 from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import MetricsTargets, PartFaults, part_name

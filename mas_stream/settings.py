@@ -1,15 +1,21 @@
-"""One typed settings object for every process; read from MAS_* environment variables."""
+"""One typed settings object for every process; read from MAS_* environment variables. A bad
+variable stops the process with one line naming it as the user wrote it (`load_settings`)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from mas.importance import Method
 from mas_stream.model_spec import load_spec
+from mas_stream.startup import CannotStart
+
+_FIELD_IN_SETTINGS_ERROR: Final = re.compile(r'field "(\w+)"')
 
 
 class Settings(BaseSettings):
@@ -152,3 +158,40 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings, or CannotStart with one line per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        lines = [_problem(item["loc"], item["msg"], item.get("input")) for item in error.errors()]
+        raise CannotStart("\n".join(lines)) from None
+    except SettingsError as error:
+        # pydantic-settings decodes list settings (MAS_HIDDEN) as JSON before validating.
+        found = _FIELD_IN_SETTINGS_ERROR.search(str(error))
+        field = found.group(1) if found else "?"
+        raise CannotStart(_problem((field,), f"is not valid JSON ({error.__cause__})")) from None
+
+
+def variable_of(field: str) -> str:
+    """The environment variable a field is read from, spelled as this environment has it (the
+    names are case-insensitive); the first of its names when none is set."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        names = [str(choice) for choice in alias.choices]
+    elif info is None:
+        names = [field]  # already a variable name: pydantic reports aliased fields by alias
+    else:
+        names = [f"{Settings.model_config.get('env_prefix', '')}{field}".upper()]
+    written = {name.upper(): name for name in os.environ}
+    return next((written[name.upper()] for name in names if name.upper() in written), names[0])
+
+
+def _problem(location: tuple[int | str, ...], message: str, given: object = None) -> str:
+    variable = variable_of(str(location[0]))
+    value = os.environ.get(variable, given)
+    item = "".join(f"[{part}]" for part in location[1:])
+    where = f" item {item}:" if item else ""
+    return f"invalid setting {variable}={value!r}:{where} {message}"

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from mas.data import FLOAT32_MAX
+from mas.limits import FLOAT32_MAX
 from mas_stream.settings import Settings
 from service.auth import TOKEN_SETTINGS
 from service.responses import HAND_PARSED_BODIES, errors, oip_errors

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from mas.data import MAX_CLASSES, TASK_NAME
+from mas.limits import MAX_CLASSES, TASK_NAME
 
 # A model version in a path: canonical decimal, so "03", "+3" or "3.0" never name version 3.
 VERSION_NUMBER = r"^(0|[1-9][0-9]*)$"

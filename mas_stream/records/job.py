@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mas.data import MAX_CLASSES
+from mas.limits import MAX_CLASSES
 from mas_stream.records import Omittable
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from mas.data import FLOAT32_MAX, DataValidationError
+from mas.data import DataValidationError
+from mas.limits import FLOAT32_MAX
 
 LABEL_COLUMN = "label"
 # A label is held as float64 until validated as an integer class (1.5 must be refused).

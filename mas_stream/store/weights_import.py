@@ -21,7 +21,8 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from mas.data import MAX_CLASSES, DataValidationError, validate_task_name
+from mas.data import DataValidationError, validate_task_name
+from mas.limits import MAX_CLASSES
 from mas.model import MultiHeadNet, build_model
 from mas_stream.model_spec import configured_spec
 from mas_stream.records.job import OmegaSource

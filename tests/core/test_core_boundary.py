@@ -3,10 +3,14 @@ service's stack, and its source does not even mention files, processes, sockets 
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
 import subprocess
 import sys
+
+import pytest
 
 from tests.support.paths import ROOT
 
@@ -71,3 +75,32 @@ def test_core_source_does_not_talk_about_io() -> None:
         for match in FORBIDDEN_WORDS.finditer(line)
     ]
     assert found == []
+
+
+def _names_shown_to_type_checkers() -> dict[str, str]:
+    """name -> module, from the `if TYPE_CHECKING:` imports of mas/__init__.py."""
+    tree = ast.parse((CORE / "__init__.py").read_text(encoding="utf-8"))
+    guarded = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: str(statement.module)
+        for statement in guarded.body
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+
+
+def test_every_public_name_loads_what_type_checkers_are_shown() -> None:
+    """`mas.X` is loaded on first use: the loader's table and the typed imports must agree."""
+    import mas
+
+    shown = _names_shown_to_type_checkers()
+    assert "build_model" in shown
+    assert sorted(mas.__all__) == sorted(shown)
+    for name, module in shown.items():
+        assert getattr(mas, name) is getattr(importlib.import_module(module), name), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing_of_that_name'"):
+        _ = mas.nothing_of_that_name

@@ -5,6 +5,7 @@ input shape."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -99,3 +100,30 @@ def test_every_client_option_has_help(command: str) -> None:
     (submit if command == "submit" else demo).configure(parser)
     missing = [action.dest for action in parser._actions if not action.help]
     assert missing == []
+
+
+# Run in a fresh interpreter: the commands that only talk HTTP, and the CLI's help, as the
+# parser loads them for `mas-stream submit|import ...`.
+LOAD_THE_CLIENT_COMMANDS = """
+import json, sys
+from mas_stream.cli import build_parser
+for command in ("submit", "import"):
+    build_parser([command])
+print(json.dumps(sorted(name for name in sys.modules if name.partition(".")[0] in
+                        {"torch", "mas", "mas_stream"})))
+"""
+
+
+def test_the_client_commands_and_the_help_start_without_torch() -> None:
+    """Loading torch costs a CLI call seconds and hundreds of MB it does not need."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_THE_CLIENT_COMMANDS],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    modules = set(json.loads(loaded.stdout))
+    assert {"mas_stream.submit", "mas_stream.import_cli", "mas_stream.records.job"} <= modules
+    assert sorted(name for name in modules if name.startswith("torch")) == []
+    assert mas_stream("--help").returncode == 0

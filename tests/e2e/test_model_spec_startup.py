@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mas_stream.model_spec import configured_spec, first_model_spec
-from mas_stream.startup import CANNOT_START, CannotStart, load_settings
+from mas_stream.settings import load_settings
+from mas_stream.startup import CANNOT_START, CannotStart
 
 WRONG_WIDTH = """
 from torch import nn
