@@ -51,16 +51,22 @@ _POLL_S: Final = 0.1
 _STOP_GRACE_S: Final = 10.0
 # Enough for a rank's traceback and, after it, torchrun's summary table (17 lines a rank).
 _STDERR_LINES: Final = 80
-# A run that fails (a rank dies) is tried this many times, each with a fresh torchrun: a crash
-# is a job's failure only when it repeats. (torchrun's own --max-restarts restarts the ranks
-# on its old rendezvous, where a restarted gloo rank could not reach its peer.)
+# A run that crashes (a rank dies, or loses its peer) is tried this many times, each with a fresh
+# torchrun: a crash is a job's failure only when it repeats. A rank whose own code raised is not
+# retried. (torchrun's own --max-restarts restarts the ranks on its old rendezvous, where a
+# restarted gloo rank could not reach its peer.)
 _ATTEMPTS: Final = 2
 # A bundle is named after its task (letters, digits, '-' and '_') and then its owner.
 _BUNDLE_PREFIX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]*\."
 
 
 class RunFailed(RuntimeError):
-    """torchrun failed before rank 0 had written the trained weights."""
+    """torchrun failed before rank 0 had written the trained weights, and no rank's own code
+    raised: a crash (a signal, a lost peer) that a fresh run may not meet again."""
+
+
+class RankRaised(RuntimeError):
+    """A rank's own code raised, outside its communication: the same bundle would raise again."""
 
 
 class TaskTrainer(Protocol):
@@ -209,9 +215,11 @@ class Torchrun:
         should_stop: Callable[[], bool],
     ) -> dict[str, Any]:
         """Passes rank 0's progress on until the run ends; its final event. TrainingStopped
-        as soon as `should_stop`, TrainingDiverged when the loss did, RunFailed (with the
-        tail of stderr) when torchrun failed before rank 0 had written the trained weights."""
+        as soon as `should_stop`, TrainingDiverged when the loss did; when torchrun failed
+        before rank 0 had written the trained weights, RankRaised with the first error a rank
+        reported, else RunFailed, each with the tail of stderr."""
         outcome: dict[str, Any] = {}
+        raised: str | None = None
         step, total_steps = 0, 0
         while True:
             if should_stop():
@@ -227,10 +235,14 @@ class Torchrun:
                 if on_progress is not None:
                     loss = float(event["loss"])
                     on_progress(Progress(int(event["epoch"]), step, total_steps, loss))
+            elif "raised" in event:
+                raised = raised or str(event["raised"])
             else:
                 outcome = event
         if self.process.wait() != 0:
             if not outcome.get("done"):
+                if raised is not None:
+                    raise RankRaised(f"{raised}; {self.failure()}")
                 raise RunFailed(self.failure())
             # Rank 0 wrote the weights after every rank's last all-reduce, so they are the
             # whole run's: a rank that crashed while tearing down takes nothing from them.
@@ -264,12 +276,12 @@ class Torchrun:
 
 
 def _event(line: str) -> dict[str, Any] | None:
-    """Rank 0's JSON lines; anything else on stdout (a library's print) is not an event."""
+    """The ranks' JSON lines; anything else on stdout (a library's print) is not an event."""
     try:
         event = json.loads(line)
     except ValueError:
         return None
-    if isinstance(event, dict) and event.keys() & {"step", "done", "diverged"}:
+    if isinstance(event, dict) and event.keys() & {"step", "done", "diverged", "raised"}:
         return event
     return None
 

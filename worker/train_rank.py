@@ -2,6 +2,8 @@
 <bundle> <trainer pid>`. Every rank trains the bundle's model on its shard of each batch
 (`mas.train_task` with a reducer over torch.distributed: gloo on CPU, nccl on CUDA); rank 0
 reports each step as one JSON line on stdout and writes the trained weights into the bundle.
+A rank whose own code raises says so on stdout too, so the trainer does not run the same bundle
+again; an error inside torch.distributed (most often a peer that died) is left to torchrun.
 
 A rank exits when torchrun or the trainer is gone: torchrun starts each rank in a session of its
 own, so killing torchrun's process group does not reach the ranks, and a trainer killed outright
@@ -14,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +31,9 @@ from worker.training_bundle import read_bundle, write_trained
 # progress to Redis at most every half second anyway.
 _REPORT_INTERVAL_S: Final = 0.1
 _ORPHAN_CHECK_S: Final = 0.5
+# A reported error is cut to this many characters: one line of a few KB reaches the pipe whole.
+_RAISED_CHARS: Final = 1000
+_DISTRIBUTED_PACKAGE: Final = str(Path(dist.__file__).parent)
 
 
 class ProcessGroupReducer:
@@ -136,8 +142,20 @@ def main(argv: list[str]) -> int:
         return 2
     _exit_when_orphaned(int(argv[1]))
     torch.set_num_threads(1)
-    train(Path(argv[0]))
+    try:
+        train(Path(argv[0]))
+    except Exception as error:
+        if not _in_communication(error):
+            rank = os.environ.get("RANK", "?")
+            emit({"raised": f"rank {rank}: {type(error).__name__}: {error}"[:_RAISED_CHARS]})
+        raise
     return 0
+
+
+def _in_communication(error: BaseException) -> bool:
+    """Raised inside torch.distributed: a lost peer, which a fresh run may not meet again."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(frame.filename.startswith(_DISTRIBUTED_PACKAGE) for frame in frames)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """MAS_TRAIN_PROCS=2: the trainer runs a job as a torchrun DDP job of two gloo processes, against
 real Redis and real digits, and the result is the single-process one; a run whose rank dies is
-run again; a cancelled DDP job stops its ranks, publishes nothing and leaves no bundle behind; a
-killed trainer's bundle is removed when a trainer starts."""
+run again, one whose rank's own code raises is not; a cancelled DDP job stops its ranks,
+publishes nothing and leaves no bundle behind; a killed trainer's bundle is removed when a
+trainer starts."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -167,6 +169,37 @@ def test_a_rank_that_dies_mid_run_is_started_again_with_the_whole_run(
     assert record is not None and record.status == "succeeded", record.error
     assert record.result is not None and record.result.version == 1
     assert record.progress == 1.0
+    assert list((settings.data_dir / "training").iterdir()) == []
+
+
+def test_a_rank_whose_own_code_raises_fails_the_job_at_once_with_its_error(
+    tmp_path: Path,
+    keys: Keys,
+    redis_url: str,
+    redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same bundle would raise again: no second run, and the job says what the rank said."""
+    spec = {"family": "factory", "factory": "tests.support.trunks:fails_in_ranks"}
+    settings = make_settings(
+        tmp_path,
+        keys,
+        redis_url,
+        model_spec=json.dumps({**spec, "input_shape": [64]}),
+        retention_max_drop=1.0,
+        trainer_metrics_port=0,
+        train_procs=2,
+    )
+    stores = TrainerStores.open(settings, redis_conn, keys)
+    job = upload(stores, "task0", *digits_task(0), epochs=2)
+    with caplog.at_level(logging.WARNING, logger="worker.distributed_training"):
+        assert make_trainer(settings, redis_conn, keys).run_once(block_ms=2000)
+    record = stores.jobs.get(job)
+    assert record is not None and record.status == "failed", record
+    assert record.error is not None and record.error.startswith("RankRaised: rank "), record.error
+    assert "ValueError: this trunk cannot run in a torchrun rank" in record.error
+    assert [r.getMessage() for r in caplog.records if "failed; again" in r.getMessage()] == []
+    assert stores.registry.list_versions() == []
     assert list((settings.data_dir / "training").iterdir()) == []
 
 
