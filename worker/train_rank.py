@@ -33,7 +33,7 @@ _REPORT_INTERVAL_S: Final = 0.1
 _ORPHAN_CHECK_S: Final = 0.5
 # A reported error is cut to this many characters: one line of a few KB reaches the pipe whole.
 _RAISED_CHARS: Final = 1000
-_DISTRIBUTED_PACKAGE: Final = str(Path(dist.__file__).parent)
+_DISTRIBUTED_PACKAGE: Final = f"{Path(dist.__file__).parent}{os.sep}"
 
 
 class ProcessGroupReducer:
