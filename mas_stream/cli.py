@@ -18,6 +18,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("worker", "trainer"): ("worker.trainer", "Run one trainer worker."),
     ("submit",): ("mas_stream.submit", "Upload a task dataset and follow its training job."),
     ("import",): ("mas_stream.import_cli", "Import pretrained safetensors weights as a version."),
+    ("models",): (
+        "mas_stream.models_cli",
+        "List the model versions; serve another one (--activate) or delete one (--delete).",
+    ),
     ("demo",): ("mas_stream.demo", "Run the permuted-MNIST scenario against the service."),
     ("bench",): ("mas_stream.bench.command", "Run the continual-learning benchmark."),
     ("bench-serving",): (

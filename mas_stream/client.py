@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from mas_stream.records.job import FINAL_STATUSES, Job, JobParams
-from mas_stream.records.version import ModelListing
+from mas_stream.records.version import ModelListing, ServedVersions
 
 # The Open Inference Protocol's header for the length of the JSON before binary tensors.
 BINARY_HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -216,6 +216,14 @@ class ServiceClient:
 
     def models(self) -> ModelListing:
         return ModelListing.model_validate(self._json(self.request("GET", "/v1/models")))
+
+    def activate(self, version: int) -> ServedVersions:
+        """Moves the registry's pointer to `version`: every replica serves it within seconds."""
+        answer = self._json(self.request("POST", f"/v1/models/{version}/activate"))
+        return ServedVersions.model_validate(answer)
+
+    def delete_version(self, version: int) -> dict[str, Any]:
+        return dict(self._json(self.request("DELETE", f"/v1/models/{version}")))
 
     def metrics_text(self) -> str:
         response = self.request("GET", "/metrics")

@@ -61,8 +61,7 @@ def _held(job: Job, args: argparse.Namespace) -> str:
     command that serves it anyway."""
     assert job.result is not None
     version = job.result.version
-    auth = ' -H "Authorization: Bearer $MAS_ADMIN_TOKEN"' if args.token else ""
-    command = f"curl -X POST{auth} {args.url.rstrip('/')}/v1/models/{version}/activate"
+    command = f"mas-stream models --activate {version} --url {args.url.rstrip('/')}"
     return (
         f"v{version} learned {job.task} but is not served ({job.result.reason}); "
         f"to serve it anyway: {command}"

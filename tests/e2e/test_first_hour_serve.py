@@ -132,9 +132,16 @@ def test_submit_prints_plain_progress_and_exits_3_when_the_gate_holds_the_versio
     assert all(re.search(rf"epoch \d+/{EPOCHS}, loss \d", line) for line in epochs), progress
     assert progress[-1].startswith(f"succeeded: epoch {EPOCHS}/{EPOCHS}, loss "), progress
     held = submitted.stdout.splitlines()[-1]
-    command = f"curl -X POST {url}/v1/models/2/activate"
+    command = f"mas-stream models --activate 2 --url {url}"
     assert held.startswith("v2 learned shifted but is not served (held for manual activation: ")
     assert held.endswith(f"; to serve it anyway: {command}")
-    assert httpx.post(command.split()[-1]).status_code == 200
+    activated = subprocess.run(
+        [sys.executable, "-m", "mas_stream", *command.split()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert activated.returncode == 0, activated.stderr
+    assert re.search(r"^\* +v2 ", activated.stdout, re.MULTILINE), activated.stdout
     with ServiceClient(url) as client:
         assert client.models().current == 2
