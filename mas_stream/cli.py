@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("worker", "trainer"): ("worker.trainer", "Run one trainer worker."),
     ("submit",): ("mas_stream.submit", "Upload a task dataset and follow its training job."),
     ("import",): ("mas_stream.import_cli", "Import pretrained safetensors weights as a version."),
+    ("jobs",): ("mas_stream.jobs_cli", "List the training jobs; cancel one (--cancel ID)."),
     ("models",): (
         "mas_stream.models_cli",
         "List the model versions; serve another one (--activate) or delete one (--delete).",

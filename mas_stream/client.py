@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mas_stream.records.job import FINAL_STATUSES, Job, JobParams
+from mas_stream.records.job import FINAL_STATUSES, Job, JobList, JobParams
 from mas_stream.records.version import ModelListing, ServedVersions
 
 # The Open Inference Protocol's header for the length of the JSON before binary tensors.
@@ -153,6 +153,15 @@ class ServiceClient:
 
     def job(self, job_id: str) -> Job:
         return Job.model_validate(self._json(self.request("GET", f"/v1/jobs/{job_id}")))
+
+    def jobs(self, limit: int = 50) -> JobList:
+        """Newest first."""
+        answer = self._json(self.request("GET", "/v1/jobs", params={"limit": limit}))
+        return JobList.model_validate(answer)
+
+    def cancel_job(self, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one is marked, and its trainer stops it."""
+        return Job.model_validate(self._json(self.request("DELETE", f"/v1/jobs/{job_id}")))
 
     def wait_for_job(
         self,

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from mas_stream.client import ServiceClient, ServiceError, ServiceUnreachable, add_service_options
 from mas_stream.records.version import ListedVersion, ModelListing
+from mas_stream.tables import aligned, local_minute
 
 _COLUMNS = ("", "version", "parent", "task", "lambda", "omega", "gate", "created", "accuracy")
 _GATE = {True: "passed", False: "held", None: "-"}
@@ -67,12 +67,7 @@ def format_listing(listing: ModelListing) -> str:
     answered serves, when that is not the current version yet."""
     if not listing.versions:
         return "no model versions yet: the first succeeded training job publishes v1"
-    rows = [_COLUMNS, *(_row(version) for version in listing.versions)]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = aligned([_COLUMNS, *(_row(version) for version in listing.versions)])
     if listing.served != listing.current:
         served = "nothing" if listing.served is None else f"v{listing.served}"
         lines.append(
@@ -94,6 +89,6 @@ def _row(version: ListedVersion) -> tuple[str, ...]:
         "-" if info.lam is None else f"{info.lam:g}",
         omega,
         _GATE[info.retention_gate_passed],
-        time.strftime("%Y-%m-%d %H:%M", time.localtime(version.created_at)),
+        local_minute(version.created_at),
         accuracy or "-",
     )

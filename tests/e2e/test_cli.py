@@ -103,11 +103,11 @@ def test_every_client_option_has_help(command: str) -> None:
 
 
 # Run in a fresh interpreter: the commands that only talk HTTP, and the CLI's help, as the
-# parser loads them for `mas-stream submit|import|models ...`.
+# parser loads them for `mas-stream submit|import|models|jobs ...`.
 LOAD_THE_CLIENT_COMMANDS = """
 import json, sys
 from mas_stream.cli import build_parser
-for command in ("submit", "import", "models"):
+for command in ("submit", "import", "models", "jobs"):
     build_parser([command])
 print(json.dumps(sorted(name for name in sys.modules if name.partition(".")[0] in
                         {"torch", "mas", "mas_stream"})))
@@ -124,7 +124,12 @@ def test_the_client_commands_and_the_help_start_without_torch() -> None:
         timeout=120,
     )
     modules = set(json.loads(loaded.stdout))
-    commands = {"mas_stream.submit", "mas_stream.import_cli", "mas_stream.models_cli"}
+    commands = {
+        "mas_stream.submit",
+        "mas_stream.import_cli",
+        "mas_stream.models_cli",
+        "mas_stream.jobs_cli",
+    }
     assert {*commands, "mas_stream.records.job"} <= modules
     assert sorted(name for name in modules if name.startswith("torch")) == []
     assert mas_stream("--help").returncode == 0
