@@ -5,13 +5,11 @@ at its trainer's next step, which then publishes nothing)."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from mas_stream.client import ServiceClient, ServiceError, ServiceUnreachable, add_service_options
+from mas_stream.client import ServiceClient
+from mas_stream.listings import add_listing_options, aligned, local_minute, run_listing
 from mas_stream.records.job import Job, JobList, JobStatus
 from mas_stream.submit import describe
-from mas_stream.tables import aligned, local_minute
 
 _COLUMNS = ("job", "task", "status", "progress", "created", "version", "error")
 # An error can hold a rank's traceback: the listing keeps its start; `--json` has all of it.
@@ -33,26 +31,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=_limit, default=20, help="List the newest this many jobs (default 20)."
     )
-    parser.add_argument(
-        "--json", action="store_true", help="Print the listing as GET /v1/jobs answers it."
-    )
-    add_service_options(parser, "The service (default: $MAS_URL, else http://127.0.0.1:8000).")
+    add_listing_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with ServiceClient(args.url, token=args.token) as client:
-            if args.cancel is not None:
-                print(_cancelled(client.cancel_job(args.cancel)))
-            listing = client.jobs(args.limit)
-    except (ServiceError, ServiceUnreachable) as error:
-        print(error, file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(listing.model_dump(mode="json", by_alias=True), indent=2))
-    else:
-        print(format_listing(listing))
-    return 0
+    def act_then_list(client: ServiceClient) -> JobList:
+        if args.cancel is not None:
+            print(_cancelled(client.cancel_job(args.cancel)))
+        return client.jobs(args.limit)
+
+    return run_listing(args, act_then_list, format_listing)
 
 
 def _cancelled(job: Job) -> str:

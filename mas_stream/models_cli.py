@@ -6,12 +6,10 @@ gate held) or delete one. Each action is the API's own (`POST /v1/models/{v}/act
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from mas_stream.client import ServiceClient, ServiceError, ServiceUnreachable, add_service_options
+from mas_stream.client import ServiceClient
+from mas_stream.listings import add_listing_options, aligned, local_minute, run_listing
 from mas_stream.records.version import ListedVersion, ModelListing
-from mas_stream.tables import aligned, local_minute
 
 _COLUMNS = ("", "version", "parent", "task", "lambda", "omega", "gate", "created", "accuracy")
 _GATE = {True: "passed", False: "held", None: "-"}
@@ -38,28 +36,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="Delete version V, its files and its traffic Ω (refused, saying why, for the "
         "current version and for one that another version or an unfinished job builds on).",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="Print the listing as GET /v1/models answers it."
-    )
-    add_service_options(parser, "The service (default: $MAS_URL, else http://127.0.0.1:8000).")
+    add_listing_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with ServiceClient(args.url, token=args.token) as client:
-            if args.activate is not None:
-                client.activate(args.activate)
-            if args.delete is not None:
-                client.delete_version(args.delete)
-            listing = client.models()
-    except (ServiceError, ServiceUnreachable) as error:
-        print(error, file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(listing.model_dump(mode="json", by_alias=True), indent=2))
-    else:
-        print(format_listing(listing))
-    return 0
+    def act_then_list(client: ServiceClient) -> ModelListing:
+        if args.activate is not None:
+            client.activate(args.activate)
+        if args.delete is not None:
+            client.delete_version(args.delete)
+        return client.models()
+
+    return run_listing(args, act_then_list, format_listing)
 
 
 def format_listing(listing: ModelListing) -> str:

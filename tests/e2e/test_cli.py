@@ -5,6 +5,7 @@ input shape."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -16,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mas_stream import demo, submit
+from mas_stream import cli
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.demo import free_port, local_env
 from mas_stream.store.keys import Keys
 from tests.support.api import api_settings
 from tests.support.files import npz_bytes
-from tests.support.processes import alive, children_of
+from tests.support.processes import alive, children_of, mas_stream_cli
 from tests.support.serving import run_api
 
 
@@ -56,14 +57,8 @@ def service_with_64_inputs(tmp_path: Path, redis_url: str, keys: Keys) -> Iterat
         yield url
 
 
-def mas_stream(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mas_stream", *argv], capture_output=True, text=True, timeout=300
-    )
-
-
 def test_demo_refused_prints_the_field_and_message_and_fails(service_with_64_inputs: str) -> None:
-    demo = mas_stream("demo", "--url", service_with_64_inputs, "--tasks", "1")
+    demo = mas_stream_cli("demo", "--url", service_with_64_inputs, "--tasks", "1")
     assert demo.returncode == 1
     assert "Traceback" not in demo.stderr
     refusal = demo.stderr.strip().splitlines()[-1]
@@ -78,7 +73,7 @@ def test_submit_refused_prints_the_field_and_message_and_fails(
 ) -> None:
     upload = tmp_path / "narrow.npz"
     upload.write_bytes(npz_bytes(x=np.zeros((20, 3), np.float32), y=np.arange(20) % 2))
-    submitted = mas_stream("submit", "narrow", str(upload), "--url", service_with_64_inputs)
+    submitted = mas_stream_cli("submit", "narrow", str(upload), "--url", service_with_64_inputs)
     assert submitted.returncode == 1
     assert submitted.stderr.strip().startswith("POST /v1/tasks: 422 file.x: "), submitted.stderr
     assert "{" not in submitted.stderr
@@ -86,7 +81,7 @@ def test_submit_refused_prints_the_field_and_message_and_fails(
 
 @pytest.mark.parametrize("tasks", ["0", "-1", "6"])
 def test_demo_refuses_a_task_count_it_cannot_run_in_one_line(tasks: str) -> None:
-    result = mas_stream("demo", "--tasks", tasks, "--url", "http://127.0.0.1:9")
+    result = mas_stream_cli("demo", "--tasks", tasks, "--url", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
@@ -94,10 +89,10 @@ def test_demo_refuses_a_task_count_it_cannot_run_in_one_line(tasks: str) -> None
     )
 
 
-@pytest.mark.parametrize("command", ["submit", "demo"])
+@pytest.mark.parametrize("command", ["submit", "demo", "import", "models", "jobs"])
 def test_every_client_option_has_help(command: str) -> None:
     parser = argparse.ArgumentParser()
-    (submit if command == "submit" else demo).configure(parser)
+    importlib.import_module(cli.COMMANDS[(command,)][0]).configure(parser)
     missing = [action.dest for action in parser._actions if not action.help]
     assert missing == []
 
@@ -132,4 +127,4 @@ def test_the_client_commands_and_the_help_start_without_torch() -> None:
     }
     assert {*commands, "mas_stream.records.job"} <= modules
     assert sorted(name for name in modules if name.startswith("torch")) == []
-    assert mas_stream("--help").returncode == 0
+    assert mas_stream_cli("--help").returncode == 0

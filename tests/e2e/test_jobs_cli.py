@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from mas_stream.bench.suites import load_suite
 from mas_stream.client import ServiceClient
 from mas_stream.store.keys import Keys
 from tests.support.api import api_settings
+from tests.support.processes import mas_stream_cli
 from tests.support.serving import run_api
 
 
 def jobs(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mas_stream", "jobs", "--url", url, *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return mas_stream_cli("jobs", "--url", url, *argv)
 
 
 def test_jobs_lists_cancels_and_says_why_it_cannot(

@@ -6,23 +6,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from mas_stream.client import ServiceClient
 from mas_stream.store.keys import Keys
 from tests.support.api import api_settings
+from tests.support.processes import mas_stream_cli
 from tests.support.serving import run_api
 from tests.support.versions import publish
 
 
 def models(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mas_stream", "models", "--url", url, *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return mas_stream_cli("models", "--url", url, *argv)
 
 
 def current_row(table: str) -> str:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from mas_stream.store.keys import Keys
+
+
+def mas_stream_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`mas-stream ARGV...` to its end, as a user types it; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "mas_stream", *argv], capture_output=True, text=True, timeout=300
+    )
 
 
 def worker_env(redis_url: str, keys: Keys, data_dir: Path, **settings: str) -> dict[str, str]:
