@@ -7,18 +7,14 @@ squared-norm shortcut (`mas.output_jacobian`); "local" is l-MAS, Hebbian (`mas.h
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from mas.batch_gradient import batch_gradient_sums
 from mas.hebbian import hebbian_sums
+from mas.methods import METHODS, Method
 from mas.output_jacobian import output_jacobian_sums
 from mas.per_sample import per_sample_gradient_sums
-
-Method = Literal["exact", "batch", "local", "jacobian"]
-METHODS: tuple[str, ...] = ("exact", "batch", "local", "jacobian")
 
 
 def importance_sums(

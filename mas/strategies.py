@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from mas.boundary import cross_boundary
-from mas.importance import Method, compute_importance
+from mas.importance import compute_importance
 from mas.losses import negative_log_likelihood
+from mas.methods import Method
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor
 from mas.per_sample import per_sample_gradient_sums

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import signal
@@ -30,9 +29,6 @@ from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import MetricsTargets, PartFaults, part_name
 from mas_stream.store.redis_server import EmbeddedRedis, RedisClient, redis_client
-
-# Where API replicas write their metrics (Prometheus's multiprocess mode): set by the supervisor.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @contextmanager
@@ -61,15 +57,6 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("MAS_DEVICE=cuda but no CUDA device is available")
     return torch.device(setting)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:

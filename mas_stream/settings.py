@@ -11,8 +11,7 @@ from typing import Any, Final, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from mas.importance import Method
-from mas_stream.model_spec import load_spec
+from mas.methods import Method
 from mas_stream.startup import CannotStart
 
 _FIELD_IN_SETTINGS_ERROR: Final = re.compile(r'field "(\w+)"')
@@ -146,8 +145,12 @@ class Settings(BaseSettings):
     @field_validator("model_spec")
     @classmethod
     def _buildable(cls, value: str | None) -> str | None:
-        """A spec that cannot be built stops the process at start, naming the spec's field."""
+        """A spec that cannot be built stops the process at start, naming the spec's field.
+        Building one needs torch, which is imported here, not with the settings: a process that
+        reads no spec (the supervisor, with none set) never loads it."""
         if value is not None:
+            from mas_stream.model_spec import load_spec
+
             load_spec(value)
         return value
 

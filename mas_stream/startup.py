@@ -1,16 +1,22 @@
-"""Why a process cannot start, said in one line per problem a person can act on: a setting that
-does not validate (`mas_stream.settings.load_settings`), a port that cannot be listened on.
-Restarting such a process changes nothing, so the CLI exits with CANNOT_START, and
-`mas-stream serve` does not restart a part that exits with it."""
+"""Starting a process: why one cannot start, said in one line per problem a person can act on (a
+setting that does not validate, `mas_stream.settings.load_settings`; a port that cannot be
+listened on), the addresses it may serve on without a token, and what the supervisor hands its
+replicas. Restarting a process that cannot start changes nothing, so the CLI exits with
+CANNOT_START, and `mas-stream serve` does not restart a part that exits with it.
+
+Torch-free on purpose, like everything the supervisor imports: it only supervises."""
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from typing import Final
 
 # EX_CONFIG of sysexits.h: a configuration error, not a crash.
 CANNOT_START: Final = 78
+# Where API replicas write their metrics (Prometheus's multiprocess mode): set by the supervisor.
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class CannotStart(RuntimeError):
@@ -50,3 +56,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: there, no admin token is required."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -24,10 +24,9 @@ from typing import Final
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from mas_stream.bootstrap import MULTIPROC_ENV, is_loopback
 from mas_stream.client import is_live
 from mas_stream.settings import Settings, load_settings
-from mas_stream.startup import CANNOT_START, listen_socket
+from mas_stream.startup import CANNOT_START, MULTIPROC_ENV, is_loopback, listen_socket
 from mas_stream.store.redis_server import EmbeddedRedis
 
 log = logging.getLogger("mas_stream.supervisor")

@@ -12,9 +12,9 @@ from types import FrameType
 import torch
 import uvicorn
 
-from mas_stream.bootstrap import is_loopback, redis_url
+from mas_stream.bootstrap import redis_url
 from mas_stream.settings import Settings, load_settings
-from mas_stream.startup import CannotStart, listen_socket
+from mas_stream.startup import CannotStart, is_loopback, listen_socket
 from service.app import create_app
 
 log = logging.getLogger(__name__)

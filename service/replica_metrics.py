@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from mas_stream.bootstrap import MULTIPROC_ENV
+from mas_stream.startup import MULTIPROC_ENV
 from service.forwarder import DROP_REASONS
 
 SYNC_SECONDS: Final = 0.5

@@ -24,8 +24,8 @@ from torch.func import functional_call, grad, vmap
 from torch.profiler import ProfilerActivity, profile
 
 import mas
-from mas.importance import Method
 from mas.importance_pass import forward
+from mas.methods import Method
 from mas_stream.bench.suites import Suite, load_suite
 
 Sums = dict[str, torch.Tensor]

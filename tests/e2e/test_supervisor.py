@@ -84,7 +84,8 @@ def test_submit_restart_a_crashed_child_stop_and_come_back(tmp_path: Path) -> No
         assert client.http.get("/v1/tasks/digits01").status_code == 200
 
 
-def test_serve_announces_its_url_once_the_api_answers(tmp_path: Path) -> None:
+def test_serve_announces_its_url_once_the_api_answers_and_holds_no_torch(tmp_path: Path) -> None:
+    """The supervisor only supervises: torch (some 200 MB resident) is its children's."""
     port = free_port()
     env = local_env(tmp_path / "data", port)
     log = tmp_path / "serve.log"
@@ -99,6 +100,10 @@ def test_serve_announces_its_url_once_the_api_answers(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: f"serving on {url}" in log.read_text(), timeout=120)
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        libraries = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtorch" not in libraries
+        api = children_of(process.pid)["api"]
+        assert "libtorch" in Path(f"/proc/{api}/maps").read_text()
     finally:
         process.terminate()
         assert process.wait(60) == 0
