@@ -28,6 +28,7 @@ from mas_stream.startup import cannot_listen
 from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import MetricsTargets, PartFaults, part_name
+from mas_stream.store.reconnect import when_reachable
 from mas_stream.store.redis_server import EmbeddedRedis, RedisClient, redis_client
 
 
@@ -77,11 +78,20 @@ def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 
 
 def connect(settings: Settings) -> tuple[RedisClient, EmbeddedRedis | None]:
-    """A worker's client, on the hash-tagged key layout (an older one is moved first)."""
+    """A worker's client, on the hash-tagged key layout (an older one is moved first). A worker
+    needs Redis to start: it waits for one that does not answer yet, as for a later outage."""
     url, server = redis_url(settings)
-    client = redis_client(url)
-    migrate_key_layout(client, Keys(settings.key_prefix))
-    return client, server
+
+    def checked_client() -> RedisClient:
+        client = redis_client(url)
+        try:
+            migrate_key_layout(client, Keys(settings.key_prefix))
+        except Exception:
+            client.close()
+            raise
+        return client
+
+    return when_reachable(checked_client, url), server
 
 
 def metrics_registry() -> CollectorRegistry:

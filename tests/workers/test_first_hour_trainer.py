@@ -1,6 +1,7 @@
 """The trainer's expected failures as a user reads them: a diverged job is one log line with the
 job, the step and what to change; a metrics port that was set and is taken stops the trainer in
-one line naming the setting, and /readyz shows the part and the reason."""
+one line naming the setting, and /readyz shows the part and the reason; a Redis that does not
+answer yet is waited for."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from mas_stream.settings import Settings
 from mas_stream.startup import CANNOT_START
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import part_name
+from mas_stream.store.redis_server import EmbeddedRedis
 from tests.support.api import api_settings
 from tests.support.processes import worker_env
 from tests.support.serving import run_api
 from tests.support.trainer import TrainerStores, digits_task, make_trainer, upload
+from tests.support.waiting import wait_until
 
 
 def test_a_diverged_job_is_one_error_line_with_the_job_the_step_and_the_hint(
@@ -80,3 +83,33 @@ def test_a_taken_metrics_port_stops_the_trainer_in_one_line_shown_in_readyz(
     body = ready.json()
     assert body["parts_stopped"] == {part_name("trainer"): expected}
     assert f"{part_name('trainer')} cannot start: {expected}" in body["detail"]
+
+
+def test_a_trainer_started_before_its_redis_waits_for_it_and_then_starts(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """One line a try, without the URL's password, and no traceback; started once Redis is."""
+    server = EmbeddedRedis(tmp_path / "late-redis")
+    url = f"unix://:secret@{server.socket_path}"
+    env = worker_env(url, keys, tmp_path / "data", trainer_metrics_port="0")
+    log = tmp_path / "trainer.log"
+    with log.open("w") as output:
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "mas_stream", "worker", "trainer"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: log.read_text().count("does not answer") >= 2, timeout=60)
+        assert trainer.poll() is None
+        server.start()
+        wait_until(lambda: "started" in log.read_text(), timeout=60)
+        assert trainer.poll() is None
+    finally:
+        trainer.terminate()
+        trainer.wait(30)
+        server.stop()
+    text = log.read_text()
+    assert "Traceback" not in text and "secret" not in text
+    assert f"Redis at unix://{server.socket_path} does not answer (" in text
