@@ -58,9 +58,8 @@ def format_listing(listing: JobList) -> str:
 
 
 def _row(job: Job) -> tuple[str, ...]:
-    progress = f"{job.progress:.0%}"
-    if describe(job):
-        progress = f"{progress} ({describe(job)})"
+    described = describe(job)
+    progress = f"{job.progress:.0%} ({described})" if described else f"{job.progress:.0%}"
     error = (job.error or "-").replace("\n", " ")
     if len(error) > _ERROR_CHARS:
         error = f"{error[: _ERROR_CHARS - 1]}…"

@@ -25,7 +25,7 @@ from mas_stream.demo import local_env
 from mas_stream.records.job import JobStatus
 from mas_stream.startup import free_port
 from mas_stream.submit import NOT_SERVED
-from tests.support.processes import children_of
+from tests.support.processes import children_of, mas_stream_cli
 from tests.support.waiting import wait_until
 
 EPOCHS = 3
@@ -135,12 +135,7 @@ def test_submit_prints_plain_progress_and_exits_3_when_the_gate_holds_the_versio
     command = f"mas-stream models --activate 2 --url {url}"
     assert held.startswith("v2 learned shifted but is not served (held for manual activation: ")
     assert held.endswith(f"; to serve it anyway: {command}")
-    activated = subprocess.run(
-        [sys.executable, "-m", "mas_stream", *command.split()[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    activated = mas_stream_cli(*command.split()[1:])
     assert activated.returncode == 0, activated.stderr
     assert re.search(r"^\* +v2 ", activated.stdout, re.MULTILINE), activated.stdout
     with ServiceClient(url) as client:
