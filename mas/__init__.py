@@ -10,14 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mas.accumulator import ImportanceAccumulator
-    from mas.boundary import (
-        Boundary,
-        GateDecision,
-        RetentionGate,
-        consolidate,
-        cross_boundary,
-        evaluate_tasks,
-    )
     from mas.data import (
         DataValidationError,
         TaskSplit,
@@ -26,34 +18,30 @@ if TYPE_CHECKING:
         validate_task_name,
     )
     from mas.importance import compute_importance, importance_sums
-    from mas.metrics import average_accuracy, average_forgetting, backward_transfer
-    from mas.model import MultiHeadNet, build_model
-    from mas.penalty import QuadraticAnchor
-    from mas.per_sample import per_sample_gradient_sums
-    from mas.strategies import STRATEGIES, make_strategy
-    from mas.training import (
+    from mas.learning import (
+        Boundary,
+        GateDecision,
         Progress,
+        RetentionGate,
         TrainConfig,
         TrainingDiverged,
         TrainingStopped,
         TrainResult,
-        evaluate,
-        predict_proba,
+        consolidate,
+        cross_boundary,
+        evaluate_tasks,
         train_task,
         train_tasks,
     )
+    from mas.metrics import average_accuracy, average_forgetting, backward_transfer
+    from mas.model import MultiHeadNet, build_model, evaluate, predict_proba
+    from mas.penalty import QuadraticAnchor
+    from mas.per_sample import per_sample_gradient_sums
+    from mas.strategies import STRATEGIES, make_strategy
 
 # The same names by module, for the loader; tests/core/test_core_boundary.py keeps the two equal.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "mas.accumulator": ("ImportanceAccumulator",),
-    "mas.boundary": (
-        "Boundary",
-        "GateDecision",
-        "RetentionGate",
-        "consolidate",
-        "cross_boundary",
-        "evaluate_tasks",
-    ),
     "mas.data": (
         "DataValidationError",
         "TaskSplit",
@@ -62,22 +50,26 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "validate_task_name",
     ),
     "mas.importance": ("compute_importance", "importance_sums"),
-    "mas.metrics": ("average_accuracy", "average_forgetting", "backward_transfer"),
-    "mas.model": ("MultiHeadNet", "build_model"),
-    "mas.penalty": ("QuadraticAnchor",),
-    "mas.per_sample": ("per_sample_gradient_sums",),
-    "mas.strategies": ("STRATEGIES", "make_strategy"),
-    "mas.training": (
+    "mas.learning": (
+        "Boundary",
+        "GateDecision",
         "Progress",
+        "RetentionGate",
         "TrainConfig",
         "TrainingDiverged",
         "TrainingStopped",
         "TrainResult",
-        "evaluate",
-        "predict_proba",
+        "consolidate",
+        "cross_boundary",
+        "evaluate_tasks",
         "train_task",
         "train_tasks",
     ),
+    "mas.metrics": ("average_accuracy", "average_forgetting", "backward_transfer"),
+    "mas.model": ("MultiHeadNet", "build_model", "evaluate", "predict_proba"),
+    "mas.penalty": ("QuadraticAnchor",),
+    "mas.per_sample": ("per_sample_gradient_sums",),
+    "mas.strategies": ("STRATEGIES", "make_strategy"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_HOME)

@@ -1,4 +1,5 @@
-"""A shared trunk with one head per task (task-incremental) or one shared head (domain-incremental).
+"""A shared trunk with one head per task (task-incremental) or one shared head (domain-incremental),
+and its predictions (`predict_proba`, `evaluate`).
 
 The architecture is described by a JSON-serialisable spec, so a model version can be rebuilt from
 its manifest and its safetensors weights alone.
@@ -171,3 +172,29 @@ def build_model(
     for name, num_classes in (tasks or {}).items():
         model.add_task(name, int(num_classes))
     return model
+
+
+@torch.no_grad()
+def predict_proba(
+    model: MultiHeadNet, task: str, x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
+    """Softmax probabilities in eval mode; the train flag is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        chunks = [
+            torch.softmax(model(chunk.to(device), task), dim=1).cpu()
+            for chunk in x.split(batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def evaluate(
+    model: MultiHeadNet, task: str, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> float:
+    """Accuracy of the task's head on (x, y)."""
+    predictions = predict_proba(model, task, x, batch_size).argmax(dim=1)
+    return (predictions == y.cpu()).float().mean().item()

@@ -1,7 +1,7 @@
 """Continual-learning strategies: MAS and its peers differ only in how Ω is estimated.
 
 Every regularised strategy crosses the same task boundary as the service's trainer
-(`mas.boundary.cross_boundary`): after task t, Ω_cons ← γ·Ω_cons + Ω_new and θ* ← θ, then task
+(`mas.learning.cross_boundary`): after task t, Ω_cons ← γ·Ω_cons + Ω_new and θ* ← θ, then task
 t+1 trains with λ Σ Ω_cons (θ − θ*)².
 """
 
@@ -12,14 +12,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mas.boundary import cross_boundary
 from mas.importance import compute_importance
+from mas.learning import Progress, StepObserver, TaskData, TrainConfig, cross_boundary, train_tasks
 from mas.losses import negative_log_likelihood
 from mas.methods import Method
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor
 from mas.per_sample import per_sample_gradient_sums
-from mas.training import Progress, StepObserver, TaskData, TrainConfig, train_tasks
 
 ProgressCallback = Callable[[Progress], None] | None
 Importance = dict[str, torch.Tensor]

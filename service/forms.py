@@ -4,12 +4,13 @@ bad framing and unknown fields get the same 422 naming the field on every such r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 from fastapi import Request
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
+from mas.data import DataValidationError
 from service.errors import ApiError
 
 
@@ -41,3 +42,12 @@ async def parsed_form(
         yield form
     finally:
         await form.close()
+
+
+@contextlib.contextmanager
+def fields_named(mapping: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise the core's data errors under the name the client used for the field."""
+    try:
+        yield
+    except DataValidationError as error:
+        raise DataValidationError(mapping.get(error.field, error.field), error.problem) from None

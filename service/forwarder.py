@@ -26,7 +26,7 @@ import redis
 
 from mas_stream.records.sample import Sample
 from mas_stream.store.reconnect import Reconnect
-from mas_stream.store.samples import BatchId, SampleStream
+from mas_stream.store.traffic import BatchId, SampleStream
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mas_stream.records.job import JobStatus
 from mas_stream.store.jobs import JobQueue
+from mas_stream.store.registry import ServedModel
 from service.forwarder import SampleForwarder
 from service.omega_summary import OmegaSummary
 from service.replica_metrics import (
@@ -33,7 +34,6 @@ from service.replica_metrics import (
     multiprocess_dir,
     summed_registry,
 )
-from service.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import threading
 
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import LayerSummary, OmegaSummarizer
-from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.registry import ModelRegistry, ServedModel
+from mas_stream.store.traffic import OmegaStore
 from service.schemas import VersionCounts
-from service.served_model import ServedModel
 
 
 class OmegaSummary:

@@ -2,7 +2,7 @@
 
 On top of the served version (the parent): Ω_new at its parameters (the traffic Ω it served
 when there was enough of it, else Ω from the stored training data of the tasks it knows), the
-core's task boundary (`mas.boundary.cross_boundary`), the new task trained against it, every known
+core's task boundary (`mas.learning.cross_boundary`), the new task trained against it, every known
 task evaluated on its held-out split and the retention gate's verdict. Whether the candidate is
 published and served is the job loop's decision (`worker.trainer`).
 
@@ -21,23 +21,25 @@ import torch
 from torch import Tensor
 
 from mas.accumulator import ImportanceAccumulator, all_finite
-from mas.boundary import (
+from mas.importance import importance_sums
+from mas.learning import (
     Boundary,
     GateDecision,
     Importance,
+    Progress,
     RetentionGate,
+    TrainConfig,
     cross_boundary,
+    train_task,
 )
-from mas.importance import importance_sums
-from mas.model import MultiHeadNet, build_model
-from mas.training import Progress, TrainConfig, evaluate, train_task
+from mas.model import MultiHeadNet, build_model, evaluate
 from mas_stream.model_spec import first_model_spec
 from mas_stream.records.job import JobParams, OmegaSource
 from mas_stream.records.task import StoredTask
 from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import OMEGA_BOUNDARY, OMEGA_CONSOLIDATED, ModelRegistry
+from mas_stream.store.traffic import OmegaStore
 from mas_stream.store.weights_import import UNLABELED_INPUTS
 from worker.distributed_training import TaskTrainer
 

@@ -6,7 +6,7 @@ publishes. A distributed run only trains. The trainer writes the prepared model,
 the data into a fresh bundle directory (`worker.training_bundle`), starts torchrun on
 `worker.train_rank`, turns rank 0's JSON progress lines into `on_progress` calls, and on
 `should_stop` ends torchrun and its ranks and raises TrainingStopped, like the in-process loop.
-Every rank takes the single-process step (`mas.training.GradientReducer`), so the weights it
+Every rank takes the single-process step (`mas.learning.GradientReducer`), so the weights it
 loads back are the single-process ones up to the order of float sums.
 """
 
@@ -29,9 +29,7 @@ from typing import Any, Final, Protocol
 import torch
 
 import worker
-from mas.model import MultiHeadNet
-from mas.penalty import QuadraticAnchor
-from mas.training import (
+from mas.learning import (
     Progress,
     TrainConfig,
     TrainingDiverged,
@@ -39,6 +37,8 @@ from mas.training import (
     TrainResult,
     train_task,
 )
+from mas.model import MultiHeadNet
+from mas.penalty import QuadraticAnchor
 from mas_stream.settings import Settings
 from mas_stream.store.owned_directories import OwnedDirectories
 from worker.training_bundle import TrainingRun, read_trained, write_bundle

@@ -32,11 +32,10 @@ from mas_stream.records.omega import PartialCheckpoint
 from mas_stream.records.sample import CorruptSample, Sample, StreamEntry
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import OmegaSummarizer
 from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from mas_stream.store.worker_ids import LEASE_SECONDS as ID_LEASE_SECONDS
 from mas_stream.store.worker_ids import WorkerIdClaim, claim_worker_id
 from worker.importance_metrics import (

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge
 from mas_stream.bootstrap import metrics_registry
 from mas_stream.store.omega_summary import OmegaSummarizer
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 
 _GAUGE_INTERVAL_S: Final = 1.0
 # Why an entry is dead-lettered: the label values of DEAD_LETTERED, every one exported from the

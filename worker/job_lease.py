@@ -12,7 +12,7 @@ from typing import Final
 
 import redis
 
-from mas.training import Progress
+from mas.learning import Progress
 from mas_stream.bootstrap import every
 from mas_stream.store.jobs import JobQueue
 

@@ -23,7 +23,7 @@ from typing import Final
 import torch
 import torch.distributed as dist
 
-from mas.training import Progress, TrainingDiverged, train_task
+from mas.learning import Progress, TrainingDiverged, train_task
 from mas_stream.store.owned_directories import process_alive
 from worker.training_bundle import read_bundle, write_trained
 
@@ -37,7 +37,7 @@ _DISTRIBUTED_PACKAGE: Final = f"{Path(dist.__file__).parent}{os.sep}"
 
 
 class ProcessGroupReducer:
-    """`mas.training.GradientReducer` over the default process group: one all-reduce a step, of
+    """`mas.learning.GradientReducer` over the default process group: one all-reduce a step, of
     every tensor flattened into one buffer."""
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ import redis
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
-from mas.training import TrainingDiverged, TrainingStopped
+from mas.learning import TrainingDiverged, TrainingStopped
 from mas_stream.bootstrap import metrics_registry, run_worker
 from mas_stream.records.job import FINAL_STATUSES, Job, JobResult, JobStatus
 from mas_stream.records.task import StoredTask
@@ -27,10 +27,10 @@ from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.retention import Retention
+from mas_stream.store.traffic import OmegaStore
 from worker.candidate import Candidate, CandidateBuilder
 from worker.distributed_training import task_trainer, training_bundles
 from worker.job_lease import JobLease, LeaseLost, TrainingReports

@@ -11,9 +11,9 @@ from typing import Final
 
 import torch
 
+from mas.learning import TrainConfig
 from mas.model import MultiHeadNet, build_model
 from mas.penalty import QuadraticAnchor
-from mas.training import TrainConfig
 from mas_stream.store.codec import decode_tensors, encode_tensors
 from mas_stream.store.files import atomic_write_bytes, atomic_write_json
 

@@ -36,7 +36,7 @@ from mas_stream.bench.serving_servers import running_service
 from mas_stream.bench.wrk import HttpRequest, run_wrk
 from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import RedisClient, redis_client
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 
 FULL_SECONDS: Final = 60
 QUICK_SECONDS: Final = 10

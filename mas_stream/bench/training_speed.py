@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 import mas
-from mas.boundary import cross_boundary
+from mas.learning import TrainConfig, cross_boundary, train_task
 from mas.penalty import QuadraticAnchor
-from mas.training import TrainConfig, train_task
 from mas_stream.bench.report import command_main, finish
 from mas_stream.bench.suites import load_suite
 

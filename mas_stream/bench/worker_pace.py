@@ -50,9 +50,8 @@ from mas_stream.bench.wrk import run_wrk
 from mas_stream.records.sample import Sample
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import RedisClient, redis_client
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 
 MODELS: Final[dict[str, dict[str, Any]]] = {
     "mlp": SPEC,

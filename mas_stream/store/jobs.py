@@ -31,7 +31,7 @@ from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import RedisClient, RedisPipeline
 
 if TYPE_CHECKING:
-    from mas.training import Progress
+    from mas.learning import Progress
 
 # Longest single blocking read, so stale entries are looked at again while waiting and a read
 # never outlasts the client's socket timeout.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from mas.drift import layer_summary
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import OMEGA_BOUNDARY, ModelRegistry
+from mas_stream.store.traffic import OmegaStore
 
 LayerSummary = dict[str, dict[str, float | None]]
 

@@ -26,8 +26,8 @@ import redis
 from mas_stream.records.version import VersionManifest
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.traffic import OmegaStore
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import MetricsTargets, PartFaults
 from service.context import RuntimeDep
-from service.inference import NO_MODEL_MESSAGE
 from service.problems import ServiceUnavailable
 from service.responses import errors
+from service.routes.predict import NO_MODEL_MESSAGE
 from service.schemas import Liveness, Readiness, ScrapeTargets
 
 router = APIRouter(tags=["health"])

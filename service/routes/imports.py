@@ -28,8 +28,7 @@ from mas_stream.store.weights_import import (
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError
-from service.forms import media_type, parsed_form
-from service.intake import fields_named
+from service.forms import fields_named, media_type, parsed_form
 from service.responses import errors
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

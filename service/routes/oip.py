@@ -23,10 +23,10 @@ from service.auth import check_inference_token, require_inference
 from service.context import Runtime, RuntimeDep, get_runtime
 from service.direct_route import DirectRoute
 from service.errors import ApiError, parse_json, parse_model
-from service.inference import Prediction
 from service.oip_inputs import INPUT_NAME, InferInput, input_values
 from service.request_body import LARGE_BODY_BYTES, read_body
 from service.responses import Responses, json_body, oip_errors
+from service.routes.predict import Prediction
 from service.schemas import (
     VERSION_NUMBER,
     InferResponse,

@@ -1,27 +1,71 @@
-"""POST /v1/tasks (multipart upload or JSON) and the stored task datasets."""
+"""POST /v1/tasks: a new task's dataset, from the upload (multipart file or JSON) to its queued job.
+
+The route reads the upload; `TaskIntake` checks it and stores it, everything before anything is
+written. Order: name, then "is it new" (or did its training job fail or get canceled), then the
+data (parsed without unpickling, validated against the served model's input shape), then the
+held-out split. Only then is the dataset stored and the job queued, in one transaction, so a
+refused upload leaves no dataset and no job behind.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from mas_stream.records.task import TaskMeta
-from mas_stream.store.datasets import DatasetStore, UnknownDataset
-from mas_stream.store.keys import Keys
+from mas.data import validate_task_arrays, validate_task_name
+from mas_stream.model_spec import configured_spec
+from mas_stream.records.job import JobParams, JobStatus
+from mas_stream.records.task import TaskOrigin
+from mas_stream.settings import Settings
+from mas_stream.store.datasets import DatasetStore, parse_dataset_file, split_holdout
+from mas_stream.store.jobs import JobQueue, new_job_id
+from mas_stream.store.registry import ModelRegistry, ServedModel
 from service.auth import require_admin
 from service.context import Runtime, RuntimeDep
 from service.errors import ApiError, parse_json, parse_model
-from service.forms import media_type, parsed_form
-from service.intake import TaskUpload, TrainingOptions
+from service.forms import fields_named, media_type, parsed_form
+from service.problems import InvalidValue, NameTaken
 from service.responses import body_schema, errors
-from service.schemas import TASK_NAME_PATTERN
+from service.schemas import LABELS_SCHEMA, TASK_NAME_PATTERN, TASK_NAME_SCHEMA
+from service.upload_budget import UploadBudget, json_array_bytes
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+# Job statuses after which a stored dataset trains nothing: its name is free again.
+ABANDONED = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
+# Where the core's field names ("x", "y", "label") are, in each kind of upload.
+JSON_FIELDS = {"x": "inputs", "y": "labels"}
+FILE_FIELDS = {"x": "file.x", "y": "file.y", "label": "file.label"}
+
+
+class TrainingOptions(JobParams):
+    """The job's params as an upload gives them, refusing any other field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def job_params(self) -> JobParams:
+        """Only the params: the JSON form's name and data stay out of the job's record."""
+        return JobParams.model_validate(self.model_dump(include=set(JobParams.model_fields)))
+
+
+class TaskUpload(TrainingOptions):
+    """The JSON form of POST /v1/tasks, for small datasets."""
+
+    name: str = Field(
+        description="Task name: letters, digits, '-' and '_'.", json_schema_extra=TASK_NAME_SCHEMA
+    )
+    inputs: list[Any] = Field(description="Rows, flattened or nested to the model's input shape.")
+    labels: list[Any] = Field(
+        description="One integer class label per row.", json_schema_extra=LABELS_SCHEMA
+    )
+
 
 OPTION_FIELDS = ("epochs", "lambda", "holdout_fraction", "num_classes")
 FORM_FIELDS = frozenset({"name", "file", *OPTION_FIELDS})
@@ -108,48 +152,150 @@ async def _submit_form(request: Request, runtime: Runtime) -> tuple[str, str]:
     return name, job_id
 
 
-class TaskDescription(TaskMeta):
-    """A stored task's metadata (a field it was stored without is left out), and what the served
-    version makes of it."""
+class TaskIntake:
+    def __init__(
+        self,
+        settings: Settings,
+        served: ServedModel,
+        datasets: DatasetStore,
+        jobs: JobQueue,
+        registry: ModelRegistry,
+    ) -> None:
+        self._settings = settings
+        self._served = served
+        self._datasets = datasets
+        self._jobs = jobs
+        self._registry = registry
+        self.uploads = UploadBudget.of(settings)
 
-    name: str
-    served: bool = Field(description="Whether the served version has learned the task.")
-    accuracy: float | None = Field(description="The served version's held-out accuracy on it.")
+    def submit_file(
+        self, name: object, filename: str, content: bytes, options: TrainingOptions
+    ) -> str:
+        with self.uploads.session("file") as admit:
 
+            def parse() -> tuple[np.ndarray, np.ndarray]:
+                with fields_named(FILE_FIELDS):
+                    return parse_dataset_file(filename, content, admit=admit)
 
-class TaskList(BaseModel):
-    tasks: list[TaskDescription]
+            return self._submit(name, parse, FILE_FIELDS, options, source=filename)
 
+    def submit_json(self, upload: TaskUpload) -> str:
+        with self.uploads.session("inputs") as admit:
 
-def _stored(runtime: Runtime) -> DatasetStore:
-    """Task metadata through the quick Redis client, as the other admin reads: while Redis hangs
-    these reads answer 503 within a probe's timeout, not after the patient client's retries."""
-    settings = runtime.settings
-    return DatasetStore(runtime.quick_redis, Keys(settings.key_prefix), settings.datasets_dir)
+            def read() -> tuple[list[Any], list[Any]]:
+                admit(json_array_bytes(upload.inputs, upload.labels))
+                return upload.inputs, upload.labels
 
+            return self._submit(upload.name, read, JSON_FIELDS, upload, source="json")
 
-def _describe(runtime: Runtime, name: str) -> TaskDescription:
-    meta = _stored(runtime).meta(name)
-    loaded = runtime.served.current
-    learned = loaded is not None and name in loaded.model.tasks
-    accuracy = loaded.manifest.metrics.accuracy if loaded else {}
-    return TaskDescription(
-        name=name,
-        **meta.model_dump(exclude_none=True),
-        served=learned,
-        accuracy=accuracy.get(name) if learned else None,
-    )
+    def _submit(
+        self,
+        name: object,
+        read: Callable[[], tuple[Any, Any]],
+        fields: Mapping[str, str],
+        options: TrainingOptions,
+        source: str,
+    ) -> str:
+        """Returns the job id."""
+        task = validate_task_name(name)
+        with self._datasets.claimed(task) as held:
+            if not held:
+                raise NameTaken(
+                    "name", f"task {task!r} is being submitted right now; choose another name"
+                )
+            self._refuse_existing(task)
+            x, y = read()
+            with fields_named(fields):
+                inputs, labels = validate_task_arrays(
+                    x,
+                    y,
+                    num_classes=self._num_classes(options),
+                    input_shape=self._input_shape(task),
+                )
+            fraction = options.holdout_fraction or self._settings.holdout_fraction
+            x_train, y_train, x_holdout, y_holdout = split_holdout(
+                inputs.numpy(), labels.numpy(), fraction, self._settings.seed, in_place=True
+            )
+            del x, y, inputs, labels  # x_train is the front of the upload's array, the rest copies
+            if len(y_holdout) == 0:
+                raise InvalidValue(
+                    fields["y"],
+                    "too few rows to hold any out for evaluation: give some class two rows or more",
+                )
+            job_id = new_job_id()
+            origin = TaskOrigin(
+                source=source,
+                holdout_fraction=fraction,
+                job_id=job_id,
+                num_classes=options.num_classes,
+            )
+            self._datasets.save(
+                task,
+                x_train,
+                y_train,
+                x_holdout,
+                y_holdout,
+                origin,
+                alongside=lambda pipe: self._jobs.queue(pipe, job_id, task, self._params(options)),
+            )
+            return job_id
 
+    def _params(self, options: TrainingOptions) -> JobParams:
+        """The epochs are recorded even when the upload left them out, so whoever follows the
+        job knows its total ("epoch 2/10")."""
+        params = options.job_params()
+        if params.epochs is not None:
+            return params
+        return params.model_copy(update={"epochs": self._settings.epochs})
 
-@router.get("", response_model_exclude_unset=True, responses=errors(503))
-def list_tasks(runtime: RuntimeDep) -> TaskList:
-    """Stored tasks in arrival order; `served` says whether the served version has learned it."""
-    return TaskList(tasks=[_describe(runtime, name) for name in _stored(runtime).names()])
+    def _refuse_existing(self, task: str) -> None:
+        """A name is free again once its training job failed or was canceled, unless a version
+        learned it anyway (published, then the job failed before activating it): the new upload
+        then replaces the stored dataset instead of the name being burnt."""
+        learned = [m.version for m in self._registry.list_versions() if task in m.tasks]
+        if learned:
+            raise NameTaken(
+                "name", f"model version {learned[-1]} has learned task {task!r} already"
+            )
+        if not self._datasets.exists(task):
+            return
+        status = self._job_status(task)
+        if status not in ABANDONED:
+            raise NameTaken(
+                "name",
+                f"task {task!r} already exists (its job is {status or 'unknown'}); "
+                "choose another name",
+            )
 
+    def _job_status(self, task: str) -> JobStatus | None:
+        """Status of the job that trains the stored dataset `task` (None: none recorded)."""
+        job_id = self._datasets.meta(task).job_id
+        job = self._jobs.get(job_id) if job_id else None
+        return job.status if job else None
 
-@router.get("/{name}", response_model_exclude_unset=True, responses=errors(404, 503))
-def get_task(name: str, runtime: RuntimeDep) -> TaskDescription:
-    try:
-        return _describe(runtime, name)
-    except UnknownDataset:
-        raise ApiError(404, "name", f"no task named {name!r}") from None
+    def _input_shape(self, task: str) -> list[int] | None:
+        """The served model's, else MAS_MODEL_SPEC's, else the first stored dataset's that may
+        still train (its model may be training now). Not `task`'s own, nor an abandoned one's:
+        their shape may be what made their job fail, and is being corrected."""
+        loaded = self._served.current
+        if loaded is not None:
+            return loaded.model.input_shape
+        configured = configured_spec(self._settings)
+        if configured is not None:
+            return list(configured["input_shape"])
+        for name in self._datasets.names():
+            if name != task and self._job_status(name) not in ABANDONED:
+                return self._datasets.meta(name).input_shape
+        return None
+
+    def _num_classes(self, options: TrainingOptions) -> int | None:
+        """Labels must fit the declared classes, and the shared head when there is one."""
+        loaded = self._served.current
+        spec = loaded.model.spec if loaded is not None else configured_spec(self._settings)
+        shared = (spec or {}).get("head_mode", self._settings.head_mode) == "shared"
+        limit = int((spec or {}).get("shared_classes", self._settings.shared_classes))
+        if not shared:
+            return options.num_classes
+        if options.num_classes is not None and options.num_classes > limit:
+            raise InvalidValue("num_classes", f"the shared head has only {limit} classes")
+        return options.num_classes or limit

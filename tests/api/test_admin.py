@@ -17,8 +17,8 @@ from mas_stream.records.job import JobStatus
 from mas_stream.records.omega import PartialCheckpoint
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.traffic import OmegaStore
 from tests.support.api import AUTH, TOKEN, Api, api_settings, metric, rows, snapshot, upload
 from tests.support.files import npz_bytes
 from tests.support.serving import run_api

@@ -22,8 +22,8 @@ import mas
 from mas_stream.store.keys import Keys
 from mas_stream.store.registry import LoadedVersion
 from service.errors import headers_of, status_of
-from service.inference import MicroBatcher
 from service.problems import ServiceUnavailable
+from service.routes.predict import MicroBatcher
 from tests.support.api import Api, api_settings, metric, refused, rows, snapshot, upload
 from tests.support.files import npz_bytes
 from tests.support.serving import run_api

@@ -9,7 +9,7 @@ import torch
 
 import mas
 from mas_stream.store.registry import LoadedVersion
-from service.inference import MicroBatcher
+from service.routes.predict import MicroBatcher
 from tests.support.versions import SPEC
 
 MAX_BATCH = 64

@@ -13,8 +13,8 @@ import redis
 from mas_stream.records.job import JobParams, JobStatus
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
+from mas_stream.store.traffic import OmegaStore
 from tests.support.api import AUTH, TOKEN, Api, api_settings, snapshot
 from tests.support.serving import run_api
 from tests.support.traffic import serve_traffic

@@ -15,9 +15,8 @@ import redis
 
 from mas_stream.records.sample import Sample
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import EmbeddedRedis, redis_client
-from mas_stream.store.samples import BatchId, SampleStream
+from mas_stream.store.traffic import BatchId, OmegaStore, SampleStream
 from service.forwarder import SampleForwarder
 from tests.api.test_redis_frozen import frozen
 from tests.support.api import api_settings, metric, rows

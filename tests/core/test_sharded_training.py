@@ -8,9 +8,9 @@ import threading
 import torch
 
 import mas
+from mas.learning import TrainConfig, train_task
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor
-from mas.training import TrainConfig, train_task
 
 SPEC = {"family": "mlp", "input_shape": [8], "hidden": [16]}
 WORLD = 3

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import Metric
 from mas_stream.probe import probe_url
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
-from service.context import build_runtime
+from service.app import build_runtime
 from service.metrics import RuntimeCollector, ServiceMetrics
 from tests.support.api import api_settings
 from tests.support.paths import ROOT

@@ -18,7 +18,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 
 from mas_stream.store.keys import Keys
-from service.context import build_runtime
+from service.app import build_runtime
 from service.forwarder import DROP_REASONS
 from service.metrics import RuntimeCollector, ServiceMetrics
 from tests.e2e.test_dashboard import _declared, _worker_sources, _wrappers

@@ -22,9 +22,8 @@ import redis
 from mas_stream.records.sample import Sample
 from mas_stream.store.codec import StreamReply, as_text
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from tests.api.test_forwarding_after_stall import counted
 from tests.support.importance import assert_omega_matches, drained
 from tests.support.waiting import wait_until

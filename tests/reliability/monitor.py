@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pytest
 
 from mas_stream.client import ServiceClient
 from mas_stream.records.sample import Sample
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 from tests.api.test_forwarding_after_stall import counted
 from tests.reliability.audit import (
     assert_omega_is_the_streams,

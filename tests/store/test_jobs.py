@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from mas.training import Progress
+from mas.learning import Progress
 from mas_stream.records.job import Job, JobParams, JobResult, JobStatus, OmegaSource
 from mas_stream.store.codec import as_text
 from mas_stream.store.jobs import JobQueue, UnknownJob

@@ -20,7 +20,7 @@ from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
 from mas_stream.store.parts import PartFaults
 from mas_stream.store.redis_server import RedisClient, redis_client
-from mas_stream.store.samples import BatchId, SampleStream
+from mas_stream.store.traffic import BatchId, SampleStream
 from tests.support.serving import run_api
 from tests.support.settings import make_settings
 from tests.support.untagged_keys import UntaggedKeys

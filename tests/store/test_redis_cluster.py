@@ -20,10 +20,9 @@ from mas_stream.settings import Settings
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.key_migration import migrate_key_layout
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.redis_server import RedisClient, redis_client
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from mas_stream.store.worker_ids import claim_worker_id
 from tests.support.api import metric
 from tests.support.files import npz_bytes

@@ -18,9 +18,9 @@ from mas_stream.store import registry as registry_module
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry, UnknownVersion
 from mas_stream.store.retention import Retention
+from mas_stream.store.traffic import OmegaStore
 from tests.support.settings import make_settings
 from tests.support.traffic import serve_traffic
 from tests.support.trainer import make_trainer

@@ -16,9 +16,8 @@ from mas_stream.records.omega import OmegaCounts
 from mas_stream.records.sample import Sample
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from tests.support.settings import make_settings
 from worker.importance import METRICS, ImportanceWorker
 

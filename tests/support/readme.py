@@ -1,4 +1,4 @@
-"""README.md as the tests read it: its sections, tables and code blocks."""
+"""README.md (and the docs) as the tests read them: sections, tables and code blocks."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from tests.support.paths import ROOT
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def section(title: str) -> str:
+def section(title: str, document: str = README) -> str:
     """The text under `## title`, up to the next level-2 heading."""
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
-    assert match, f"README has no '## {title}' section"
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", document, re.M | re.S)
+    assert match, f"no '## {title}' section"
     return match.group(1)
 
 

@@ -10,7 +10,7 @@ from mas_stream.records.sample import Sample
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 from tests.support.importance import drain, make_worker
 
 

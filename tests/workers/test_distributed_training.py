@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from mas.training import TrainingDiverged
+from mas.learning import TrainingDiverged
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from tests.support.processes import worker_env

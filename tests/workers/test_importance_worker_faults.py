@@ -23,9 +23,8 @@ import torch
 import mas
 from mas_stream.records.sample import Sample
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from tests.support.importance import (
     assert_omega_matches,
     drain,

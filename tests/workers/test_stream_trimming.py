@@ -12,12 +12,11 @@ import pytest
 import redis
 
 from mas_stream.records.sample import Sample
-from mas_stream.store import samples
+from mas_stream.store import traffic
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.omega_summary import OmegaSummarizer
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from tests.support.importance import drain, make_worker, worker_metric, worker_settings
 from worker.importance_metrics import ImportanceGauges
 
@@ -120,7 +119,7 @@ def test_past_the_counting_cap_the_lag_is_an_upper_bound(
 ) -> None:
     if int(str(redis_conn.info("server")["redis_version"]).split(".")[0]) >= 7:
         pytest.skip("Redis 7 reports the lag itself")
-    monkeypatch.setattr(samples, "LAG_COUNT_CAP", 3)
+    monkeypatch.setattr(traffic, "LAG_COUNT_CAP", 3)
     stream.append_many(entries(digits, 10))
     read = stream.read("c1", count=6, block_ms=None)
     redis_conn.xack(keys.samples, keys.importance_group, *[e.entry_id for e in read[:4]])

@@ -11,8 +11,8 @@ import pytest
 import redis
 import torch
 
-from mas.boundary import Importance, cross_boundary
 from mas.importance import Method, compute_importance
+from mas.learning import Importance, cross_boundary
 from mas.model import MultiHeadNet
 from mas.penalty import QuadraticAnchor
 from mas.strategies import Regularized, mas_importance

@@ -16,9 +16,8 @@ import redis
 
 from mas_stream.bootstrap import every
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
 from mas_stream.store.registry import ModelRegistry
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 from mas_stream.store.worker_ids import WorkerIdTaken, claim_worker_id
 from tests.support.importance import assert_omega_matches, drained, make_traffic
 from tests.support.paths import ROOT

@@ -11,8 +11,7 @@ from mas.accumulator import ImportanceAccumulator
 from mas_stream.records.omega import OmegaCounts, PartialCheckpoint
 from mas_stream.records.sample import Sample
 from mas_stream.store.keys import Keys
-from mas_stream.store.omega import OmegaStore
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import OmegaStore, SampleStream
 
 
 @pytest.fixture

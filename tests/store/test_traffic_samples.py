@@ -12,7 +12,7 @@ import torch
 from mas_stream.records.sample import CorruptSample, Sample, StreamEntry, StreamStats
 from mas_stream.store.codec import as_text
 from mas_stream.store.keys import Keys
-from mas_stream.store.samples import SampleStream
+from mas_stream.store.traffic import SampleStream
 
 
 @pytest.fixture

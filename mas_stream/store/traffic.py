@@ -1,4 +1,5 @@
-"""The sample stream: inputs the service served, on their way to the importance worker.
+"""What the served traffic leaves in Redis: the sample stream (inputs the service served, on their
+way to the importance worker) and the Ω partials the importance workers count from it.
 
 One stream entry holds the rows of one forwarded batch (`Sample`). A consumer group gives each
 entry to one importance worker; an entry stays pending until the worker's Ω checkpoint
@@ -9,18 +10,29 @@ MAXLEN only caps a stream nobody reads.
 A write whose reply is lost (a Redis that hangs past the client's timeout, then resumes) may or
 may not have been applied, so a producer names each write (`BatchId`) and retries it under the
 same name until it gets an answer: the append script applies one name once.
+
+Ω per model version is one (sum, count) partial per importance worker; partials merge exactly.
+Exactly-once counting rests on `commit`: a worker's new partials, its task counts and the XACK of
+the stream entries they include happen in one Lua script, and only while those entries are still
+pending for that worker's consumer. A crash before the script leaves the entries pending (they are
+redelivered, nothing was counted); a crash after it leaves them counted and acknowledged; a worker
+whose entries were reclaimed by another consumer gets False and must drop its uncommitted work.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 import redis
 
+from mas.accumulator import ImportanceAccumulator
+from mas_stream.records.omega import OmegaCounts, PartialCheckpoint
 from mas_stream.records.sample import Sample, StreamEntry, StreamMemory, StreamStats
-from mas_stream.store.codec import StreamReply, as_text
+from mas_stream.store import traffic_scripts as scripts
+from mas_stream.store.codec import StreamReply, as_text, decode_tensors, encode_tensors
 from mas_stream.store.consumers import ConsumerPruner
 from mas_stream.store.keys import Keys
 from mas_stream.store.redis_server import RedisClient, server_info
@@ -29,43 +41,6 @@ from mas_stream.store.stream_backlog import StreamBacklog
 # Cursor value meaning "this consumer has no backlog left to scan; read new entries".
 _NEW: Final = ">"
 
-# KEYS: the stream. ARGV: group, consumer, then the entry ids to keep. Returns: how many were kept.
-# Resets the idle time of the ids still pending for the consumer, without counting a delivery
-# (JUSTID); ids another consumer took over stay with it, and so do ids trimmed from the stream
-# (Redis 7's XCLAIM would drop those from the pending list, and the commit that must acknowledge
-# them would be refused).
-_KEEP_SCRIPT: Final = """
-local kept = 0
-for i = 3, #ARGV do
-  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0
-     and #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    kept = kept + 1
-  end
-end
-return kept
-"""
-
-# KEYS: the stream, then (optional) the producer's last-batch key. ARGV: MAXLEN, the batch number,
-# the key's time to live in seconds, then per entry its field count and fields. Returns 1 when
-# appended, 0 when that producer's batch was appended before. The entries come before the batch
-# number, so a write that fails leaves the batch to be written again.
-_APPEND_SCRIPT: Final = """
-local batch = tonumber(ARGV[2])
-if KEYS[2] and tonumber(redis.call('GET', KEYS[2]) or '0') >= batch then
-  return 0
-end
-local i = 4
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-if KEYS[2] then
-  redis.call('SET', KEYS[2], batch, 'EX', ARGV[3])
-end
-return 1
-"""
 # A producer's last batch number is kept while it may still retry: a day without a write of its
 # own outlasts any Redis stall its writes wait through.
 _PRODUCER_TTL_SECONDS: Final = 86_400
@@ -92,8 +67,8 @@ class SampleStream:
         self._maxlen = maxlen
         self._backlog: dict[str, str] = {}
         self._claim_cursor: dict[str, str] = {}
-        self._keep_script = redis_client.register_script(_KEEP_SCRIPT)
-        self._append_script = redis_client.register_script(_APPEND_SCRIPT)
+        self._keep_script = redis_client.register_script(scripts.KEEP_SCRIPT)
+        self._append_script = redis_client.register_script(scripts.APPEND_SCRIPT)
         self._prune_consumers = ConsumerPruner(redis_client, keys.samples, keys.importance_group)
         self._backlog_of = StreamBacklog(redis_client, keys.samples)
 
@@ -273,3 +248,90 @@ def _reported_lag(stream: dict[str, Any], group: dict[str, Any]) -> int | None:
     if as_text(group["last-delivered-id"]) == as_text(stream["last-generated-id"]):
         return 0
     return None
+
+
+def _decode(blob: bytes) -> ImportanceAccumulator:
+    tensors, _ = decode_tensors(blob)
+    return ImportanceAccumulator.from_state_dict(tensors)
+
+
+class OmegaStore:
+    """Remembers the revision of each partial it loaded; `commit` writes only over that revision,
+    so load a version's partial (`load_partial`) before committing it."""
+
+    def __init__(self, redis_client: RedisClient, keys: Keys) -> None:
+        self._redis = redis_client
+        self._keys = keys
+        self._commit = redis_client.register_script(scripts.COMMIT_SCRIPT)
+        self._drop = redis_client.register_script(scripts.DROP_SCRIPT)
+        self._revisions: dict[tuple[int, str], int] = {}
+
+    def load_partial(self, version: int, worker: str) -> ImportanceAccumulator | None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(self._keys.omega_partials(version), worker)
+        pipe.hget(self._keys.omega_revisions(version), worker)
+        blob, revision = pipe.execute()
+        self._revisions[(version, worker)] = int(revision or 0)
+        return None if blob is None else _decode(blob)
+
+    def commit(
+        self, version_to_acc: dict[int, ImportanceAccumulator], checkpoint: PartialCheckpoint
+    ) -> bool:
+        """Stores the partials (whole states, not deltas), adds the counts, acks the ids: all or
+        nothing. False when an id is no longer pending for the consumer or a partial moved on."""
+        if not checkpoint.task_counts.keys() <= version_to_acc.keys():
+            raise ValueError("task counts for a version without a partial")
+        worker = checkpoint.worker
+        keys = [self._keys.samples, self._keys.omega_versions]
+        args: list[str | int | bytes] = [
+            self._keys.importance_group,
+            checkpoint.consumer,
+            worker,
+            len(checkpoint.entry_ids),
+            *checkpoint.entry_ids,
+        ]
+        for version, accumulator in sorted(version_to_acc.items()):
+            tasks = checkpoint.counted_tasks(version)
+            keys += [
+                self._keys.omega_partials(version),
+                self._keys.omega_task_counts(version),
+                self._keys.omega_revisions(version),
+            ]
+            blob = encode_tensors(
+                accumulator.state_dict(), metadata=checkpoint.partial_header(version)
+            )
+            args += [version, self._revisions.get((version, worker), 0), blob, len(tasks)]
+            args += [item for pair in tasks.items() for item in pair]
+        if not self._commit(keys=keys, args=args):
+            return False
+        for version in version_to_acc:
+            self._revisions[(version, worker)] = self._revisions.get((version, worker), 0) + 1
+        return True
+
+    def merged(self, version: int) -> ImportanceAccumulator | None:
+        blobs = cast(list[bytes], self._redis.hvals(self._keys.omega_partials(version)))
+        if not blobs:
+            return None
+        return functools.reduce(ImportanceAccumulator.merge, (_decode(b) for b in blobs))
+
+    def counts(self, version: int) -> OmegaCounts:
+        tasks = {
+            as_text(task): int(n)
+            for task, n in self._redis.hgetall(self._keys.omega_task_counts(version)).items()
+        }
+        return OmegaCounts.of_tasks(tasks)
+
+    def versions(self) -> list[int]:
+        return sorted(int(v) for v in self._redis.smembers(self._keys.omega_versions))
+
+    def drop(self, version: int) -> bool:
+        """Forgets the version's Ω (every worker's partial and the task counts); False, forgetting
+        nothing, while it is the served version."""
+        keys = [
+            self._keys.current_version,
+            self._keys.omega_versions,
+            self._keys.omega_partials(version),
+            self._keys.omega_task_counts(version),
+            self._keys.omega_revisions(version),
+        ]
+        return bool(self._drop(keys=keys, args=[version]))
