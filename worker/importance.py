@@ -33,6 +33,7 @@ from mas_stream.records.sample import CorruptSample, Sample, StreamEntry
 from mas_stream.settings import Settings
 from mas_stream.store.keys import Keys
 from mas_stream.store.omega_summary import OmegaSummarizer
+from mas_stream.store.reconnect import Reconnect
 from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.traffic import OmegaStore, SampleStream
@@ -55,6 +56,8 @@ from worker.importance_metrics import (
 log = logging.getLogger(__name__)
 
 _MODEL_CACHE_SIZE: Final = 4
+# The longest pause before the loop reads again while Redis cannot be reached.
+_REDIS_RETRY_CAP_S: Final = 1.0
 
 
 class ImportanceWorker:
@@ -149,13 +152,16 @@ class ImportanceWorker:
 
     def _loop(self, stop_event: threading.Event) -> None:
         linger_s = self._settings.importance_linger_ms / 1000
+        reconnect = Reconnect(cap_seconds=_REDIS_RETRY_CAP_S)
         while not stop_event.is_set():
             try:
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying", exc)
-                stop_event.wait(1.0)
+                delay = reconnect.failed()
+                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                stop_event.wait(delay)
             else:
+                reconnect.succeeded()
                 if not self._last_read_full:
                     # The worker keeps up: samples that gather meanwhile make one larger pass,
                     # which costs less CPU per sample than many passes of one entry each.

@@ -27,6 +27,7 @@ from mas_stream.settings import Settings
 from mas_stream.store.datasets import DatasetStore
 from mas_stream.store.jobs import JobQueue
 from mas_stream.store.keys import Keys
+from mas_stream.store.reconnect import Reconnect
 from mas_stream.store.redis_server import RedisClient
 from mas_stream.store.registry import ModelRegistry
 from mas_stream.store.retention import Retention
@@ -38,8 +39,8 @@ from worker.recovery import published_result
 
 log = logging.getLogger(__name__)
 
-# Pause before the loop reads jobs again after Redis could not be reached.
-_REDIS_RETRY_S: Final = 2.0
+# The longest pause before the loop reads jobs again while Redis cannot be reached.
+_REDIS_RETRY_CAP_S: Final = 2.0
 
 METRICS: Final = metrics_registry()
 JOBS = Counter(
@@ -145,12 +146,16 @@ class Trainer:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Outlives Redis outages: waits and tries again instead of exiting."""
+        reconnect = Reconnect(cap_seconds=_REDIS_RETRY_CAP_S)
         while not stop.is_set():
             try:
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                log.warning("redis unavailable (%s); retrying", error)
-                stop.wait(_REDIS_RETRY_S)
+                delay = reconnect.failed()
+                log.warning("redis unavailable (%s); retrying in %.2fs", error, delay)
+                stop.wait(delay)
+            else:
+                reconnect.succeeded()
 
     def _finish(self, job: Job, status: JobStatus, **outcome: Any) -> None:
         if self.jobs.finish(job.id, self.consumer, status, **outcome):
