@@ -52,9 +52,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """`reruns`: why each earlier run of a training made of several ended (a data-parallel run is
+    started again after a crash), oldest first; empty for one run."""
+
     steps: int
     final_loss: float
     seconds: float
+    reruns: tuple[str, ...] = ()
 
 
 class TrainingStopped(Exception):

@@ -59,6 +59,7 @@ class Candidate:
     accuracy_after: dict[str, float]
     gate: GateDecision
     unlabeled: Tensor | None = None
+    reruns: tuple[str, ...] = ()
 
     @property
     def lam(self) -> float | None:
@@ -120,7 +121,7 @@ class CandidateBuilder:
             fallback = data.x_train if unlabeled is None else unlabeled
             boundary, omega = self.boundary(parent, model, stored, lam, fallback)
         model.add_task(task, data.meta.num_classes)
-        self.train(
+        trained = self.train(
             model,
             task,
             data.x_train,
@@ -138,7 +139,15 @@ class CandidateBuilder:
             accuracy_before, accuracy_after
         )
         return Candidate(
-            model, parent, boundary, omega, accuracy_before, accuracy_after, gate, unlabeled
+            model,
+            parent,
+            boundary,
+            omega,
+            accuracy_before,
+            accuracy_after,
+            gate,
+            unlabeled,
+            trained.reruns,
         )
 
     def _stored(self, model: MultiHeadNet) -> dict[str, StoredTask]:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -56,13 +57,21 @@ _STDERR_LINES: Final = 80
 # retried. (torchrun's own --max-restarts restarts the ranks on its old rendezvous, where a
 # restarted gloo rank could not reach its peer.)
 _ATTEMPTS: Final = 2
+# How torchrun's summary table names a failed rank, and the signal that ended it.
+_RANK_LINE: Final = re.compile(r"^\s*rank\s*: (\d+)")
+_SIGNAL_LINE: Final = re.compile(r"Signal \d+ \(\w+\) received by PID \d+")
 # A bundle is named after its task (letters, digits, '-' and '_') and then its owner.
 _BUNDLE_PREFIX: Final = r"[A-Za-z0-9][A-Za-z0-9_-]*\."
 
 
 class RunFailed(RuntimeError):
     """torchrun failed before rank 0 had written the trained weights, and no rank's own code
-    raised: a crash (a signal, a lost peer) that a fresh run may not meet again."""
+    raised: a crash (a signal, a lost peer) that a fresh run may not meet again. `summary` is
+    the one line a job's result keeps of it, when a second run then succeeds."""
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class RankRaised(RuntimeError):
@@ -126,29 +135,32 @@ class DistributedTrainer:
         with self.bundles.owned(f"{task}.", create=True) as bundle:
             device = next(model.parameters()).device
             write_bundle(bundle, TrainingRun(model, task, x, y, config, anchor, device.type))
-            outcome = self._run(bundle, on_progress, should_stop or (lambda: False))
+            outcome, reruns = self._run(bundle, on_progress, should_stop or (lambda: False))
             model.load_state_dict(read_trained(bundle), strict=True)
         steps, final_loss = int(outcome["steps"]), float(outcome["final_loss"])
-        return TrainResult(steps, final_loss, time.perf_counter() - started)
+        return TrainResult(steps, final_loss, time.perf_counter() - started, reruns)
 
     def _run(
         self,
         bundle: Path,
         on_progress: Callable[[Progress], None] | None,
         should_stop: Callable[[], bool],
-    ) -> dict[str, Any]:
-        """Rank 0's final event; a failed run is started again from the bundle, from step 0."""
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Rank 0's final event, and a line for each failed run before it: a failed run is
+        started again from the bundle, from step 0."""
 
         def attempt() -> dict[str, Any]:
             with Torchrun(self._command(bundle)) as torchrun:
                 return torchrun.follow(on_progress, should_stop)
 
+        reruns: list[str] = []
         for number in range(1, _ATTEMPTS):
             try:
-                return attempt()
+                return attempt(), tuple(reruns)
             except RunFailed as error:
                 log.warning("training run %d of %d failed; again: %s", number, _ATTEMPTS, error)
-        return attempt()
+                reruns.append(f"run {number} failed {error.summary}; trained again from step 0")
+        return attempt(), tuple(reruns)
 
     def _command(self, bundle: Path) -> list[str]:
         return [
@@ -243,14 +255,17 @@ class Torchrun:
             if not outcome.get("done"):
                 if raised is not None:
                     raise RankRaised(f"{raised}; {self.failure()}")
-                raise RunFailed(self.failure())
+                raise RunFailed(self.failure(), f"at step {step} of {total_steps}: {self.status()}")
             # Rank 0 wrote the weights after every rank's last all-reduce, so they are the
             # whole run's: a rank that crashed while tearing down takes nothing from them.
             log.warning("kept the trained weights of a run that then failed: %s", self.failure())
         if "diverged" in outcome:
             raise TrainingDiverged(str(outcome["diverged"]))
         if not outcome.get("done"):
-            raise RunFailed(f"rank 0 ended without its weights; {self.failure()}")
+            raise RunFailed(
+                f"rank 0 ended without its weights; {self.failure()}",
+                f"at step {step} of {total_steps}: rank 0 ended without its weights",
+            )
         return outcome
 
     def failure(self) -> str:
@@ -260,6 +275,17 @@ class Torchrun:
         return f"torchrun exited with status {self.process.returncode}: " + " | ".join(
             self.stderr_tail
         )
+
+    def status(self) -> str:
+        """Once torchrun has exited: its status, and the rank and signal of its summary's root
+        cause when it names one (the other ranks' failures are torchrun's SIGTERMs)."""
+        lines = list(self.stderr_tail)
+        causes = [i for i, line in enumerate(lines) if "Root Cause" in line]
+        root = lines[causes[-1] :] if causes else []
+        rank = next((m.group(1) for m in map(_RANK_LINE.search, root) if m), "?")
+        signal_line = next((m.group(0) for m in map(_SIGNAL_LINE.search, root) if m), None)
+        exited = f"torchrun exited with status {self.process.returncode}"
+        return exited if signal_line is None else f"{exited}: rank {rank}, {signal_line}"
 
     def _read_events(self) -> None:
         assert self.process.stdout is not None

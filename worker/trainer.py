@@ -227,6 +227,7 @@ class Trainer:
             accuracy_before=candidate.accuracy_before,
             accuracy_after=candidate.accuracy_after,
             omega=candidate.omega,
+            reruns=list(candidate.reruns) or None,
         )
 
     def _publish(self, candidate: Candidate, job: Job) -> int:

@@ -74,6 +74,11 @@ class JobResult(BaseModel):
     omega: OmegaSource
     restarts: Omittable[int] = None
     recovered: Omittable[str] = None
+    reruns: Omittable[list[str]] = Field(
+        None,
+        description="Why the training started again from step 0, once per time: a run on "
+        "several processes whose process died is run once more.",
+    )
 
 
 class Job(BaseModel):

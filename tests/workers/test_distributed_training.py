@@ -169,6 +169,10 @@ def test_a_rank_that_dies_mid_run_is_started_again_with_the_whole_run(
     assert record is not None and record.status == "succeeded", record.error
     assert record.result is not None and record.result.version == 1
     assert record.progress == 1.0
+    (rerun,) = record.result.reruns or [None]
+    assert rerun is not None and rerun.startswith("run 1 failed at step "), rerun
+    assert ": rank 1, Signal 6 (SIGABRT) received by PID " in rerun, rerun
+    assert rerun.endswith("; trained again from step 0"), rerun
     assert list((settings.data_dir / "training").iterdir()) == []
 
 
