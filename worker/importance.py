@@ -157,9 +157,7 @@ class ImportanceWorker:
             try:
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                delay = reconnect.failed()
-                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-                stop_event.wait(delay)
+                reconnect.wait_after(exc, stop_event, "importance worker: Redis unavailable")
             else:
                 reconnect.succeeded()
                 if not self._last_read_full:

@@ -151,9 +151,7 @@ class Trainer:
             try:
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                delay = reconnect.failed()
-                log.warning("redis unavailable (%s); retrying in %.2fs", error, delay)
-                stop.wait(delay)
+                reconnect.wait_after(error, stop, "trainer: Redis unavailable")
             else:
                 reconnect.succeeded()
 

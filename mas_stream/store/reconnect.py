@@ -4,6 +4,7 @@ counting failures in a row; and a process's start, which waits for Redis the sam
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -37,6 +38,13 @@ class Reconnect:
 
     def succeeded(self) -> None:
         self._failures = 0
+
+    def wait_after(self, error: Exception, stop: threading.Event, loop: str) -> None:
+        """After a failed try of a background `loop`: one warning line, then the pause before
+        the next try, cut short when `stop` is set."""
+        delay = self.failed()
+        log.warning("%s: %s; retrying in %.2fs", loop, error, delay)
+        stop.wait(delay)
 
 
 def when_reachable(attempt: Callable[[], Connected], url: str) -> Connected:

@@ -294,9 +294,7 @@ class ServedModel:
             try:
                 self._listen()
             except Exception as error:
-                delay = reconnect.failed()
-                log.warning("model watcher: %s; retrying in %.2fs", error, delay)
-                self._stop.wait(delay)
+                reconnect.wait_after(error, self._stop, "model watcher")
             else:
                 reconnect.succeeded()
 
